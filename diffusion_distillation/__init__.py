@@ -1,0 +1,1 @@
+"""Progressive distillation for fast sampling of diffusion models, in JAX/Flax."""
