@@ -244,19 +244,21 @@ def sample_time(rng, batch_size: int, *, num_steps: int):
   Args:
     rng: PRNG key.
     batch_size: B.
-    num_steps: 0 for continuous time, u ~ U[0, 1); N >= 1 for discrete time
-      with N sampling steps, i ~ randint[0, N), u = (i + 1) / N.
+    num_steps: the Python int 0 for continuous time, u ~ U[0, 1); N >= 1
+      (an int or a traced int32 scalar) for discrete time with N sampling
+      steps, i ~ randint[0, N), u = (i + 1) / N.
 
   Returns:
     (u [B] float32, step_index [B] int32): step_index is i in discrete time
     and None in continuous time.
   """
-  if num_steps == 0:
-    return jax.random.uniform(rng, (batch_size,), jnp.float32), None
-  if num_steps < 0:
-    raise ValueError(f'num_steps must be >= 0, got {num_steps}.')
+  if isinstance(num_steps, int):
+    if num_steps == 0:
+      return jax.random.uniform(rng, (batch_size,), jnp.float32), None
+    if num_steps < 0:
+      raise ValueError(f'num_steps must be >= 0, got {num_steps}.')
   i = jax.random.randint(rng, (batch_size,), 0, num_steps)
-  return (i + 1).astype(jnp.float32) / num_steps, i
+  return (i + 1).astype(jnp.float32) / jnp.asarray(num_steps, jnp.float32), i
 
 
 def ddim_step(pred: Prediction, *, logsnr_s):
@@ -266,7 +268,7 @@ def ddim_step(pred: Prediction, *, logsnr_s):
 
 
 def distillation_target(teacher_fn: DenoiseFn, *, z, u, step_index,
-                        num_student_steps: int,
+                        num_student_steps,
                         logsnr_schedule: schedules.LogSNRSchedule):
   """The x target for a student of `num_student_steps` (paper Algorithm 2).
 
@@ -280,7 +282,7 @@ def distillation_target(teacher_fn: DenoiseFn, *, z, u, step_index,
     z: [B, ...] noisy input at time u.
     u: [B] times, u = (i + 1) / N.
     step_index: [B] int, i.
-    num_student_steps: N.
+    num_student_steps: N, an int or a traced int32 scalar.
     logsnr_schedule: t -> lambda.
 
   Returns:
@@ -288,8 +290,9 @@ def distillation_target(teacher_fn: DenoiseFn, *, z, u, step_index,
   """
   bcast = lambda a: broadcast_from_left(a, z.shape)
   logsnr_t = logsnr_schedule(u)
-  logsnr_mid = logsnr_schedule(u - 0.5 / num_student_steps)
-  logsnr_s = logsnr_schedule(u - 1.0 / num_student_steps)
+  step_size = 1.0 / jnp.asarray(num_student_steps, u.dtype)
+  logsnr_mid = logsnr_schedule(u - 0.5 * step_size)
+  logsnr_s = logsnr_schedule(u - step_size)
 
   z_mid = ddim_step(teacher_fn(z, logsnr_t), logsnr_s=logsnr_mid)
   pred_mid = teacher_fn(z_mid, logsnr_mid)
@@ -323,7 +326,7 @@ def denoising_loss(denoise_fn: DenoiseFn, *, x, rng,
     target = Prediction(x=x, eps=eps, v=v_from_x_eps(x=x, eps=eps,
                                                      logsnr=logsnr))
   else:
-    if num_steps < 1:
+    if isinstance(num_steps, int) and num_steps < 1:
       raise ValueError('Distillation needs a discrete student: num_steps >= 1.')
     x_target = distillation_target(
         teacher_fn, z=z, u=u, step_index=step_index,

@@ -1,0 +1,189 @@
+"""Orbax checkpoints, the workdir's layout, and the run-config guard.
+
+Workdir layout:
+  config.json           the config that started the run (guards resumption)
+  teacher/<step>/       periodic teacher TrainStates (bounded number kept)
+  distill/<step>/       periodic student TrainStates, step counted over all
+                        rounds (bounded number kept)
+  models/<N>/           final EMA parameters of each model, kept forever:
+                        N = 0 is the continuous-time teacher, N > 0 the
+                        student that samples in N steps
+  samples/              samples_<N>.npz and grid_<N>.png
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from diffusion_distillation import config_checks
+
+# Config parts that may change between a run and its resumption: they do
+# not change what is trained.
+_RESUMABLE_CHANGES = ('checkpoint', 'sample', 'log_every_steps')
+
+
+def _flatten(tree, prefix=''):
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def guard_run_config(workdir: str, config: ml_collections.ConfigDict):
+  """Records the config in a new workdir; refuses a workdir of another run.
+
+  Raises:
+    ConfigError naming the first differing field.
+  """
+  path = os.path.join(workdir, 'config.json')
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    old, new = _flatten(recorded), _flatten(current)
+    for key in sorted(set(old) | set(new)):
+      if key.split('.')[0] in _RESUMABLE_CHANGES:
+        continue
+      if old.get(key, '<absent>') != new.get(key, '<absent>'):
+        raise config_checks.ConfigError(
+            f'{workdir} holds a run of a different config: {key} is '
+            f'{old.get(key, "<absent>")!r} there and '
+            f'{new.get(key, "<absent>")!r} here; use a new --workdir or the '
+            'same config.')
+    return
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)  # never a half-written config
+
+
+def manager(directory: str, *, max_to_keep: Optional[int]):
+  """A synchronous orbax CheckpointManager (None keeps every step)."""
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          enable_async_checkpointing=False))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, tree: Any, meta: dict):
+  """Saves `tree` and a JSON `meta` at `step`; written atomically by orbax."""
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+            force=True)
+  mngr.wait_until_finished()
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_tree: Any):
+  """(tree, meta) at `step`, placed as `abstract_tree`'s shardings say."""
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_tree),
+      meta=ocp.args.JsonRestore()))
+  return restored['state'], restored['meta']
+
+
+def models_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'models')
+
+
+def save_model(workdir: str, num_sample_steps: int, params: Any,
+               meta: dict):
+  """Keeps a finished model (teacher: 0, student: its step count) forever."""
+  mngr = manager(models_dir(workdir), max_to_keep=None)
+  save(mngr, num_sample_steps, {'params': params},
+       dict(meta, num_sample_steps=num_sample_steps))
+  mngr.close()
+
+
+def saved_models(workdir: str) -> list:
+  """Step counts of the models saved in `workdir`, ascending."""
+  if not os.path.isdir(models_dir(workdir)):
+    return []
+  mngr = manager(models_dir(workdir), max_to_keep=None)
+  steps = sorted(mngr.all_steps())
+  mngr.close()
+  return steps
+
+
+def resolve_model_path(path: str, num_sample_steps: int = 0) -> tuple:
+  """(models directory, step) for a workdir or a models/<N> directory."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'models')):
+    return os.path.join(path, 'models'), num_sample_steps
+  parent, leaf = os.path.split(path)
+  if leaf.isdigit() and os.path.isdir(path):
+    return parent, int(leaf)
+  raise config_checks.ConfigError(
+      f'No model checkpoint at {path}: give a workdir that holds models/ '
+      '(e.g. one finished with --mode=train) or a models/<N> directory.')
+
+
+def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
+               sharding=None, source: str = 'checkpoint') -> tuple:
+  """Loads a model's parameters, checking them against the network's shapes.
+
+  Args:
+    path: a workdir (its models/<num_sample_steps>) or a models/<N> directory.
+    abstract_params: the config network's parameter shapes.
+    num_sample_steps: which model of a workdir.
+    sharding: where to place the parameters (e.g. replicated on a mesh).
+    source: what the path is, for error messages ('teacher checkpoint').
+
+  Returns:
+    (params, meta).
+
+  Raises:
+    ConfigError when the checkpoint is missing or does not fit the network.
+  """
+  directory, step = resolve_model_path(path, num_sample_steps)
+  if not os.path.isdir(os.path.join(directory, str(step))):
+    raise config_checks.ConfigError(
+        f'Missing {source}: {directory}/{step} does not exist; train it first '
+        '(--mode=train) or point the config at an existing one.')
+  mngr = manager(directory, max_to_keep=None)
+  metadata = mngr.item_metadata(step)['state']['params']
+  check_param_shapes(metadata, abstract_params, f'{source} {directory}/{step}')
+  target = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+      abstract_params)
+  params, meta = restore(mngr, step, {'params': target})
+  mngr.close()
+  return params['params'], meta
+
+
+def check_param_shapes(found: Any, expected: Any, source: str):
+  """Raises ConfigError naming the first parameter that does not fit."""
+  def by_name(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(
+        leaf.shape) for path, leaf in leaves}
+
+  found, expected = by_name(found), by_name(expected)
+  for name in sorted(set(found) | set(expected)):
+    if name not in found:
+      raise config_checks.ConfigError(
+          f'{source} lacks parameter {name} (shape {expected[name]}) that this '
+          "config's network has; the model config does not match it.")
+    if name not in expected:
+      raise config_checks.ConfigError(
+          f"{source} has parameter {name} that this config's network lacks; "
+          'the model config does not match it.')
+    if found[name] != expected[name]:
+      raise config_checks.ConfigError(
+          f'{source} does not fit this config\'s network: parameter {name} '
+          f'has shape {found[name]} there and {expected[name]} here.')
+
+
+def to_numpy(tree):
+  return jax.tree_util.tree_map(np.asarray, tree)

@@ -1,0 +1,136 @@
+"""Drawing samples from a model and writing them as .npz files and grids.
+
+`samples_<N>.npz` holds `arr_0`, uint8 [num, H, W, C], and for
+class-conditional models `arr_1`, int32 labels: the layout the widely used
+ADM FID evaluator reads.
+"""
+
+import os
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from diffusion_distillation import data
+from diffusion_distillation import diffusion
+from diffusion_distillation import schedules
+from diffusion_distillation import steps
+from diffusion_distillation import unet
+
+
+class Sampler:
+  """Samples from a network's parameters; compiles once per step count."""
+
+  def __init__(self, network: unet.UNet, config: ml_collections.ConfigDict,
+               mesh=None):
+    self._network = network
+    self._config = config
+    self._mesh = mesh if mesh is not None else steps.make_mesh()
+    self._compiled = {}
+
+  def _compiled_for(self, num_steps: int, sampler: str):
+    key = (num_steps, sampler)
+    if key not in self._compiled:
+      model, sample = self._config.model, self._config.sample
+      schedule = schedules.get_logsnr_schedule(**model.logsnr_schedule)
+
+      def run(params, z, labels, rng):
+        model_fn = lambda z, logsnr: self._network.apply(
+            {'params': params}, z, logsnr, labels, train=False)
+        denoise = diffusion.make_denoise_fn(
+            model_fn, mean_type=model.mean_type, clip_x=sample.clip_x)
+        if sampler == 'ddim':
+          return diffusion.ddim_sample(denoise, z_init=z, num_steps=num_steps,
+                                       logsnr_schedule=schedule)
+        return diffusion.ancestral_sample(
+            denoise, rng=rng, z_init=z, num_steps=num_steps,
+            logsnr_schedule=schedule, variance=sample.logvar_type)
+
+      rep = steps.replicated(self._mesh)
+      shard = jax.sharding.NamedSharding(self._mesh,
+                                         jax.sharding.PartitionSpec('data'))
+      self._compiled[key] = jax.jit(run, in_shardings=(rep, shard, shard, rep),
+                                    out_shardings=shard)
+    return self._compiled[key]
+
+  def noise(self, num_samples: int, seed: int) -> np.ndarray:
+    """Starting noise N(0, I); fixed by the seed, shared by every model."""
+    size, channels = (self._config.dataset.image_size,
+                      self._config.dataset.channels)
+    return np.asarray(jax.random.normal(
+        jax.random.key(seed), (num_samples, size, size, channels)))
+
+  def sample(self, params, *, num_steps: int, num_samples: int,
+             labels: Optional[np.ndarray] = None, seed: int = 0,
+             sampler: str = 'ddim', z: Optional[np.ndarray] = None):
+    """Samples x in [-1, 1], [num_samples, H, W, C] float32 (NumPy)."""
+    batch_size = self._config.sample.batch_size
+    z = self.noise(num_samples, seed) if z is None else z
+    if labels is None:
+      labels = np.zeros((num_samples,), np.int32)
+    run = self._compiled_for(num_steps, sampler)
+    rng = jax.random.key(seed + 1)
+    out = []
+    for start in range(0, num_samples, batch_size):
+      z_batch, y_batch = z[start:start + batch_size], labels[
+          start:start + batch_size]
+      pad = batch_size - len(z_batch)  # keep one compiled batch shape
+      z_batch = np.pad(z_batch, ((0, pad),) + ((0, 0),) * (z.ndim - 1))
+      y_batch = np.pad(y_batch, (0, pad))
+      x = run(params, z_batch, y_batch, jax.random.fold_in(rng, start))
+      out.append(np.asarray(x)[:batch_size - pad])
+    return np.concatenate(out, axis=0)
+
+
+def image_grid(images: np.ndarray, *, columns: int = 10,
+               scale: int = 1) -> np.ndarray:
+  """uint8 [N, H, W, C] -> one uint8 [rows*H, columns*W, C] picture."""
+  num, height, width, channels = images.shape
+  rows = -(-num // columns)
+  padded = np.zeros((rows * columns, height, width, channels), np.uint8)
+  padded[:num] = images
+  grid = padded.reshape(rows, columns, height, width, channels)
+  grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * height,
+                                               columns * width, channels)
+  return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
+def write_samples(directory: str, name: str, images: np.ndarray,
+                  labels: Optional[np.ndarray] = None) -> dict:
+  """Writes <name>.npz (arr_0 uint8 images, arr_1 labels) and <name>.png.
+
+  Args:
+    directory: created if needed.
+    name: file stem, e.g. 'samples_4'.
+    images: uint8 [N, H, W, C].
+    labels: optional int32 [N].
+
+  Returns:
+    {'npz': path, 'png': path}.
+  """
+  os.makedirs(directory, exist_ok=True)
+  npz = os.path.join(directory, f'{name}.npz')
+  arrays = {'arr_0': images}
+  if labels is not None:
+    arrays['arr_1'] = labels.astype(np.int32)
+  tmp = npz + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, npz)  # a crash never leaves a truncated file behind
+  grid = image_grid(images, scale=max(1, 64 // images.shape[1]))
+  png = os.path.join(directory, f'{name}.png')
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
+      png + '.tmp.png')
+  os.replace(png + '.tmp.png', png)
+  return {'npz': npz, 'png': png}
+
+
+def sample_labels_for(config: ml_collections.ConfigDict,
+                      num_samples: int) -> Optional[np.ndarray]:
+  """The labels to sample with, or None for an unconditional model."""
+  if not config.dataset.class_conditional:
+    return None
+  return data.sample_labels(num_samples, config.dataset.num_classes,
+                            list(config.sample.labels))
+

@@ -1,0 +1,115 @@
+"""The train state, its optimizer, and the network built from a config."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from diffusion_distillation import diffusion
+from diffusion_distillation import unet
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a teacher or student run updates.
+
+  step: int32 optimizer steps taken in this phase (a round restarts at 0).
+  num_sample_steps: int32, the student's step count N; 0 for a
+    continuous-time teacher. Traced, so rounds of equal shapes share one
+    compiled step.
+  """
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  num_sample_steps: jnp.ndarray
+
+
+def build_network(config: ml_collections.ConfigDict, *,
+                  dropout: float) -> unet.UNet:
+  """The U-Net for `config.model`, with the given dropout rate."""
+  model = config.model
+  return unet.UNet(
+      ch=model.ch, emb_ch=model.emb_ch,
+      out_ch=diffusion.output_channels(model.mean_type,
+                                       config.dataset.channels),
+      ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
+      attn_resolutions=tuple(model.attn_resolutions), dropout=dropout,
+      num_classes=config.dataset.num_classes
+      if config.dataset.class_conditional else 1,
+      num_heads=model.num_heads, head_dim=model.head_dim,
+      logsnr_input_type=model.logsnr_input_type,
+      resblock_resample=model.resblock_resample,
+      num_groups=model.num_groups)
+
+
+def learning_rate_schedule(*, learning_rate: float, warmup_steps: int,
+                           decay_steps: int = 0) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, then constant, or (decay_steps > 0)
+  linear decay to 0 at step `decay_steps`: the release declared both but
+  implemented neither."""
+  warmup = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
+  if decay_steps <= 0:
+    after = optax.constant_schedule(learning_rate)
+  else:
+    after = optax.linear_schedule(learning_rate, 0.0,
+                                  max(decay_steps - warmup_steps, 1))
+  if warmup_steps <= 0:
+    return after
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict, section: str, *,
+                   decay_steps: int = 0) -> optax.GradientTransformation:
+  """Adam (config.adam) with config[section]'s learning rate and decoupled
+  weight decay, after global-norm clipping.
+
+  The gradient that reaches this transform is already the mean over all
+  devices (the loss is a mean over the global batch), so clipping acts on
+  the data-parallel gradient, not per device as the release did.
+  """
+  phase, adam = config[section], config.adam
+  lr = learning_rate_schedule(learning_rate=phase.learning_rate,
+                              warmup_steps=phase.warmup_steps,
+                              decay_steps=decay_steps)
+  transforms = []
+  if adam.grad_clip > 0:
+    transforms.append(optax.clip_by_global_norm(adam.grad_clip))
+  transforms.append(optax.adamw(lr, b1=adam.b1, b2=adam.b2, eps=adam.eps,
+                                weight_decay=phase.weight_decay))
+  return optax.chain(*transforms)
+
+
+def ema_update(ema_params, params, decay: float):
+  """Exponential moving average; decay 0 copies the parameters."""
+  if decay == 0.0:
+    return params
+  return jax.tree_util.tree_map(
+      lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def create_state(params, optimizer: optax.GradientTransformation, *,
+                 num_sample_steps: int = 0) -> TrainState:
+  """A fresh state around `params` (EMA starts at the parameters)."""
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      opt_state=optimizer.init(params), ema_params=params,
+      num_sample_steps=jnp.asarray(num_sample_steps, jnp.int32))
+
+
+def init_params(network: unet.UNet, config: ml_collections.ConfigDict, rng):
+  """Freshly initialised network parameters (jit this, or eval_shape it)."""
+  size, channels = config.dataset.image_size, config.dataset.channels
+  x = jnp.zeros((1, size, size, channels), jnp.float32)
+  return network.init(rng, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))[
+      'params']
+
+
+def abstract_state(network, config, optimizer) -> TrainState:
+  """Shapes and dtypes of the state, with no memory allocated."""
+  return jax.eval_shape(
+      lambda rng: create_state(init_params(network, config, rng), optimizer),
+      jax.random.key(0))
