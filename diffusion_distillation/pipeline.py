@@ -76,12 +76,15 @@ class Run:
         train_state_lib.abstract_state(network, self.config, optimizer))
 
   def fresh_state(self, params, optimizer, num_sample_steps: int):
-    """A new state whose buffers are its own: the step donates them."""
+    """A new state whose buffers are its own (the step donates them),
+    placed exactly as the step returns it: a scalar left on one device
+    instead of replicated would make the second call compile again."""
     own = lambda tree: jax.tree_util.tree_map(
         lambda a: jnp.array(a, copy=True), tree)
     state = train_state_lib.create_state(own(params), optimizer,
                                          num_sample_steps=num_sample_steps)
-    return state.replace(ema_params=own(params))
+    return jax.device_put(state.replace(ema_params=own(params)),
+                          self.replicated)
 
   def batch_at(self, section: str, step: int) -> dict:
     phase = self.config[section]
@@ -196,6 +199,12 @@ def _first_teacher(run: Run, abstract_params):
   """The first round's teacher: distill.teacher_checkpoint or models/0."""
   config = run.config
   path = config.distill.teacher_checkpoint or run.workdir
+  if not config.distill.teacher_checkpoint and 0 not in (
+      checkpoints.saved_models(run.workdir)):
+    raise config_checks.ConfigError(
+        f'Missing teacher checkpoint: {run.workdir}/models/0 does not exist; '
+        'run --mode=train first, or set --config.distill.teacher_checkpoint '
+        'to a teacher workdir or a models/<N> directory.')
   params, meta = checkpoints.load_model(
       path, abstract_params, num_sample_steps=0, sharding=run.replicated,
       source='teacher checkpoint')

@@ -70,7 +70,7 @@ def _one_update(state, images, labels, rng, teacher_params, *, network,
       step=state.step + 1, params=params, opt_state=opt_state,
       ema_params=train_state_lib.ema_update(state.ema_params, params,
                                             ema_decay))
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
     # Keep the old parameters but count the step, so data and RNG move on.
@@ -87,8 +87,19 @@ def _scan_updates(state, batch, rng, teacher_params, **settings):
     images, labels = images_labels
     return _one_update(state, images, labels, rng, teacher_params, **settings)
 
-  state, metrics = jax.lax.scan(body, state,
-                                (batch['images'], batch['labels']))
+  xs = (batch['images'], batch['labels'])
+  if jax.default_backend() == 'cpu':
+    # XLA:CPU runs a training step inside any loop, even lax.scan of length
+    # 1 or fully unrolled, about 20x slower than straight-line code (5.5 s
+    # against 0.23 s per step of the digits U-Net, measured), so on CPU the
+    # substeps are traced one after another instead.
+    per_step = []
+    for k in range(xs[0].shape[0]):
+      state, metrics = body(state, (xs[0][k], xs[1][k]))
+      per_step.append(metrics)
+    metrics = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *per_step)
+  else:
+    state, metrics = jax.lax.scan(body, state, xs)
   metrics = {
       'loss': jnp.mean(metrics['loss']),
       'grad_norm': jnp.mean(metrics['grad_norm']),

@@ -1,18 +1,29 @@
 """Shared test set-up: a persistent XLA compilation cache and tiny networks."""
 
 import os
-
-import jax
-import jax.numpy as jnp
-import pytest
+import subprocess
+import sys
 
 # Compiling a U-Net step takes seconds on CPU; caching compiled executables
-# across test processes (and CI runs on the same machine) saves most of it.
-jax.config.update(
-    'jax_compilation_cache_dir',
-    os.environ.get('DD_TEST_COMPILATION_CACHE',
-                   os.path.expanduser('~/.cache/diffusion_distillation/xla')))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+# across test processes (subprocesses inherit these variables) saves most of
+# it. Set before jax is imported.
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    os.path.expanduser('~/.cache/diffusion_distillation/xla'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_CONFIG = os.path.join(REPO, 'configs', 'test.py')
+
+
+def run_python(args, *, env=None, timeout=300, **kwargs):
+  """Runs `python args...` in the repository; returns the CompletedProcess."""
+  return subprocess.run(
+      [sys.executable] + list(args), cwd=REPO, env=dict(os.environ, **(env or {})),
+      capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def randomize_params(params, rng, scale=0.2):

@@ -1,0 +1,286 @@
+"""End to end on the tiny config: train, distill two rounds, sample; resume
+after SIGKILL; data parallelism; no recompilation; bad input."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion_distillation import checkpoints
+from diffusion_distillation import config_checks
+from diffusion_distillation import pipeline
+from diffusion_distillation import train_state as train_state_lib
+from tests.conftest import REPO
+from tests.conftest import TEST_CONFIG
+from tests.conftest import run_python
+
+
+def _config(**overrides):
+  """configs/test.py with dotted overrides ('distill.steps_per_round': 8)."""
+  config = config_checks.base_config(TEST_CONFIG, 'test')
+  for key, value in overrides.items():
+    section, _, field = key.rpartition('.')
+    target = config[section] if section else config
+    target[field] = value
+  return config
+
+
+def _params(workdir, num_sample_steps, config):
+  network = train_state_lib.build_network(config, dropout=0.0)
+  abstract = jax.eval_shape(lambda: train_state_lib.init_params(
+      network, config, jax.random.key(0)))
+  params, _ = checkpoints.load_model(workdir, abstract,
+                                     num_sample_steps=num_sample_steps)
+  return jax.tree_util.tree_map(np.asarray, params)
+
+
+def _assert_trees_equal(a, b, atol=1e-6):
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  """A finished tiny run (teacher, rounds 4 -> 2 -> 1, samples), with the
+  compilations it logged."""
+  workdir = str(tmp_path_factory.mktemp('run') / 'workdir')
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  jax_logger = logging.getLogger('jax')
+  jax_logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      timings = pipeline.run_mode(_config(), workdir, 'all')
+  finally:
+    jax_logger.removeHandler(handler)
+  compiled = [r.getMessage() for r in records
+              if r.getMessage().startswith('Compiling')]
+  return workdir, compiled, timings
+
+
+def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
+  workdir, _, timings = trained_workdir
+  assert set(timings) == {'train_teacher', 'distill', 'sample'}
+  assert checkpoints.saved_models(workdir) == [0, 1, 2]
+  samples = os.path.join(workdir, 'samples')
+  for name in ('samples_4_teacher', 'samples_2', 'samples_1'):
+    with np.load(os.path.join(samples, f'{name}.npz')) as f:
+      assert f['arr_0'].dtype == np.uint8
+      assert f['arr_0'].shape == (8, 8, 8, 1)
+      np.testing.assert_array_equal(f['arr_1'], np.arange(8) % 10)
+    assert os.path.getsize(os.path.join(samples, f'{name}.png')) > 0
+  for grid in ('grid_teacher_4', 'grid_2', 'grid_1'):
+    assert os.path.exists(os.path.join(samples, f'{grid}.png'))
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  # Distillation moved the student away from its teacher.
+  config = _config()
+  teacher, student = _params(workdir, 0, config), _params(workdir, 1, config)
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(teacher), jax.tree_util.tree_leaves(student))]
+  assert max(diffs) > 0
+
+
+def test_no_recompilation_inside_or_across_rounds(trained_workdir):
+  _, compiled, _ = trained_workdir
+  count = lambda name: sum(f'Compiling jit({name})' in m for m in compiled)
+  assert count('train_step') == 1, compiled
+  assert count('distill_step') == 1, compiled  # two rounds, one compilation
+
+
+def test_rerun_of_a_finished_run_does_nothing(trained_workdir):
+  workdir, _, _ = trained_workdir
+  before = _params(workdir, 1, _config())
+  timings = pipeline.run_mode(_config(), workdir, 'distill')
+  assert timings['distill'] < 5
+  _assert_trees_equal(_params(workdir, 1, _config()), before, atol=0)
+
+
+def test_resume_after_sigkill_mid_round_matches_uninterrupted(
+    trained_workdir, tmp_path):
+  teacher_workdir, _, _ = trained_workdir
+  overrides = {'distill.steps_per_round': 12, 'checkpoint.every_steps': 2,
+               'distill.teacher_checkpoint': teacher_workdir}
+  reference = str(tmp_path / 'reference')
+  pipeline.run_mode(_config(**overrides), reference, 'distill')
+
+  resumed = str(tmp_path / 'resumed')
+  flags = [f'--config={TEST_CONFIG}', f'--workdir={resumed}', '--mode=distill']
+  flags += [f'--config.{k}={v}' for k, v in overrides.items()]
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'diffusion_distillation.main'] + flags, cwd=REPO,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    # Kill as soon as the first checkpoint of the first round is on disk:
+    # five more dispatches, each with a save, remain in that round.
+    deadline = time.time() + 240
+    mid_round = os.path.join(resumed, 'distill', '2', 'commit_success.txt')
+    while not os.path.exists(mid_round):
+      assert proc.poll() is None, 'the run ended before it could be killed'
+      assert time.time() < deadline, 'no mid-round checkpoint appeared'
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert checkpoints.saved_models(resumed) == [], 'killed after the round'
+
+  result = run_python(['-m', 'diffusion_distillation.main'] + flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert checkpoints.saved_models(resumed) == [1, 2]
+  for num_steps in (2, 1):
+    _assert_trees_equal(_params(resumed, num_steps, _config(**overrides)),
+                        _params(reference, num_steps, _config(**overrides)))
+
+
+_DATA_PARALLEL_SCRIPT = r'''
+import json, sys
+import jax, numpy as np
+from diffusion_distillation import config_checks, pipeline, steps
+from diffusion_distillation import train_state as ts
+
+config = config_checks.base_config(sys.argv[1], 'test')
+config.train.substeps = config.distill.substeps = 1  # compiles twice as fast
+network = ts.build_network(config, dropout=config.model.dropout)
+results = {}
+for name, devices in (('one', jax.devices()[:1]), ('two', jax.devices()[:2])):
+  run = pipeline.Run(config, sys.argv[2] + '/' + name,
+                     mesh=steps.make_mesh(devices))
+  rep = run.replicated
+  params = jax.jit(lambda r: ts.init_params(network, config, r),
+                   out_shardings=rep)(jax.random.key(0))
+  rng = jax.device_put(jax.random.key(1), rep)
+  # Teacher updates (dropout on), then distillation updates against them.
+  opt = ts.make_optimizer(config, 'train')
+  train = steps.compile_train_step(
+      steps.step_settings(config, 'train', network=network, optimizer=opt),
+      run.mesh)
+  state = run.fresh_state(params, opt, 0)
+  for step in range(3):
+    state, _ = train(state, run.batch_at('train', step), rng)
+  teacher = state.params
+  opt = ts.make_optimizer(config, 'distill', decay_steps=6)
+  distill = steps.compile_distill_step(
+      steps.step_settings(config, 'distill', network=network, optimizer=opt),
+      run.mesh)
+  student = run.fresh_state(teacher, opt, 2)
+  for step in range(3):
+    student, _ = distill(student, teacher, run.batch_at('distill', step), rng)
+  results[name] = [np.asarray(x) for x in
+                   jax.tree_util.tree_leaves((state.params, student.params))]
+diff = max(float(np.max(np.abs(a - b)))
+           for a, b in zip(results['one'], results['two']))
+moved = max(float(np.max(np.abs(a))) for a in results['one'])
+print(json.dumps({'devices': jax.device_count(), 'max_diff': diff,
+                  'max_abs': moved}))
+'''
+
+
+def test_two_devices_match_one_device_at_the_same_global_batch(tmp_path):
+  result = run_python(
+      ['-c', _DATA_PARALLEL_SCRIPT, TEST_CONFIG, str(tmp_path)],
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = eval(result.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
+  assert report['devices'] == 2
+  assert report['max_abs'] > 0
+  # Equal up to float reassociation of the batch mean across devices.
+  assert report['max_diff'] < 1e-4 * report['max_abs'], report
+
+
+# ----------------------------------------------------------------------------
+# Bad input: one clear error, and nothing already written is touched.
+
+
+def _snapshot(workdir):
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      out[path] = (os.path.getsize(path), os.path.getmtime(path))
+  return out
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'distill.start_num_steps': 12, 'distill.end_num_steps': 1},
+     'is not a power of two'),
+    ({'distill.start_num_steps': 4, 'distill.end_num_steps': 0},
+     'need start > end >= 1'),
+    ({'model.logsnr_schedule.name': 'linear'}, "Unknown logsnr schedule 'linear'"),
+    ({'model.mean_type': 'z'}, "Unknown mean_type 'z'"),
+    ({'model.mean_loss_weight_type': 'l1'},
+     "Unknown mean_loss_weight_type 'l1'"),
+    ({'train.batch_size': 7, 'train.substeps': 1}, None),
+])
+def test_bad_config_values_are_refused_before_any_write(overrides, message,
+                                                        tmp_path):
+  workdir = str(tmp_path / 'w')
+  config = _config()
+  for key, value in overrides.items():
+    section, _, field = key.rpartition('.')
+    config_section = config
+    for part in section.split('.'):
+      config_section = config_section[part]
+    config_section[field] = value
+  if message is None:  # batch 7 fits one device but not three
+    config_checks.check_config(config, num_devices=1)
+    with pytest.raises(config_checks.ConfigError,
+                       match='not divisible by the 3 devices'):
+      config_checks.check_config(config, num_devices=3)
+    return
+  with pytest.raises(config_checks.ConfigError, match=message):
+    pipeline.run_mode(config, workdir, 'all')
+  assert not os.path.exists(workdir)
+
+
+def test_missing_teacher_is_refused(tmp_path):
+  with pytest.raises(config_checks.ConfigError, match='Missing teacher'):
+    pipeline.run_mode(_config(), str(tmp_path / 'w'), 'distill')
+  with pytest.raises(config_checks.ConfigError, match='No model checkpoint'):
+    pipeline.run_mode(
+        _config(**{'distill.teacher_checkpoint': str(tmp_path / 'nowhere')}),
+        str(tmp_path / 'w2'), 'distill')
+
+
+def test_teacher_of_another_shape_names_the_parameter(trained_workdir,
+                                                      tmp_path):
+  teacher_workdir, _, _ = trained_workdir
+  config = _config(**{'distill.teacher_checkpoint': teacher_workdir})
+  config.model.ch = 16
+  with pytest.raises(config_checks.ConfigError,
+                     match=r'parameter \S+ has shape \(.*\) there and \(.*\) '
+                     'here'):
+    pipeline.run_mode(config, str(tmp_path / 'w'), 'distill')
+
+
+def test_workdir_of_another_config_is_refused_untouched(trained_workdir):
+  workdir, _, _ = trained_workdir
+  before = _snapshot(workdir)
+  with pytest.raises(config_checks.ConfigError,
+                     match='holds a run of a different config: '
+                     'train.learning_rate'):
+    pipeline.run_mode(_config(**{'train.learning_rate': 1.0}), workdir, 'all')
+  assert _snapshot(workdir) == before
+
+
+def test_command_line_errors_are_one_line(trained_workdir):
+  workdir, _, _ = trained_workdir
+  before = _snapshot(workdir)
+  result = run_python(['-m', 'diffusion_distillation.main',
+                       f'--config={TEST_CONFIG}', f'--workdir={workdir}',
+                       '--mode=fly'])
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: Unknown --mode='fly'; choose one of train, distill, sample, all.")
+  assert 'Traceback' not in result.stderr
+  assert _snapshot(workdir) == before
