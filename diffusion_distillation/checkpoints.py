@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion_distillation import config_checks
@@ -184,6 +183,3 @@ def check_param_shapes(found: Any, expected: Any, source: str):
           f'{source} does not fit this config\'s network: parameter {name} '
           f'has shape {found[name]} there and {expected[name]} here.')
 
-
-def to_numpy(tree):
-  return jax.tree_util.tree_map(np.asarray, tree)

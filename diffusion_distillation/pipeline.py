@@ -68,6 +68,11 @@ class Run:
                                        self.mesh)
     return self._sampler
 
+  def abstract_params(self, network):
+    """The network's parameter shapes (no memory allocated)."""
+    return jax.eval_shape(lambda rng: train_state_lib.init_params(
+        network, self.config, rng), jax.random.key(0))
+
   def abstract_state(self, network, optimizer):
     """The state's shapes, replicated over the mesh (for restoring)."""
     return jax.tree_util.tree_map(
@@ -123,6 +128,9 @@ class Run:
       save: (state) -> None, a periodic checkpoint.
       step_offset: global step of this phase's step 0 (distillation rounds).
       total_steps: global steps of the whole phase, for the ETA.
+
+    Returns:
+      (state, the last logged metrics as floats).
     """
     phase, every = self.config[section], self.config.checkpoint
     report = periodic_actions.ReportProgress(
@@ -130,6 +138,7 @@ class Run:
         every_secs=30.0)
     step = int(state.step)
     last_save = time.time()
+    logged = {}
     while step < num_steps:
       batch = self.batch_at(section, step_offset + step)
       state, metrics = run_step(state, batch)
@@ -138,18 +147,18 @@ class Run:
       report(global_step)
       if step % self.config.log_every_steps < phase.substeps or (
           step >= num_steps):
-        metrics = jax.device_get(metrics)
-        steps.check_finite(metrics, step, section,
+        logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        steps.check_finite(logged, step, section,
                            phase.get('skip_nonfinite_updates', False))
         self.writer.write_scalars(global_step, {
-            f'{section}/{k}': v for k, v in metrics.items()})
+            f'{section}/{k}': v for k, v in logged.items()})
       due_by_steps = every.every_steps and (
           step % every.every_steps < phase.substeps)
       due_by_time = time.time() - last_save >= every.every_secs
       if step < num_steps and (due_by_steps or due_by_time):
         save(state)
         last_save = time.time()
-    return state
+    return state, logged
 
 
 def train_teacher(run: Run):
@@ -180,11 +189,12 @@ def train_teacher(run: Run):
   rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 1),
                        run.replicated)
   start = time.time()
-  state = run.loop(
+  state, _ = run.loop(
       section='train', state=state, num_steps=config.train.num_steps,
       run_step=lambda s, b: step_fn(s, b, rng),
       save=lambda s: checkpoints.save(mngr, int(s.step), s, {'phase': 'train'}))
-  checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
+  if mngr.latest_step() != int(state.step):  # a rerun may find it saved
+    checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
   mngr.close()
   checkpoints.save_model(workdir, 0, state.ema_params,
                          {'trained_steps': int(state.step)})
@@ -263,7 +273,7 @@ def distill(run: Run):
     logging.info('Round %d/%d: %d -> %d sampling steps', round_index + 1,
                  len(counts), 2 * num_steps, num_steps)
     meta = {'phase': 'distill', 'num_sample_steps': num_steps}
-    state = run.loop(
+    state, last = run.loop(
         section='distill', state=state, num_steps=per_round,
         run_step=lambda s, b, t=teacher: step_fn(s, t, b, rng),
         save=lambda s, o=offset, m=meta: checkpoints.save(
@@ -274,8 +284,9 @@ def distill(run: Run):
     run.writer.write_scalars(offset + per_round, {
         'distill/round_minutes': (time.time() - start) / 60,
         'distill/num_sample_steps': num_steps})
-    logging.info('Round %d done in %.1f min', round_index + 1,
-                 (time.time() - start) / 60)
+    logging.info('Round %d/%d (%d steps) done in %.1f min, final loss %.4g',
+                 round_index + 1, len(counts), num_steps,
+                 (time.time() - start) / 60, last.get('loss', float('nan')))
     run.write_grid(state.ema_params, num_steps, f'grid_{num_steps}',
                    offset + per_round)
   mngr.close()
@@ -293,8 +304,7 @@ def sample(run: Run, num_samples: Optional[int] = None) -> dict:
   if not models:
     raise config_checks.ConfigError(
         f'No models in {workdir}/models: run --mode=train (and distill) first.')
-  abstract_params = run.abstract_state(
-      run.network(0.0), train_state_lib.make_optimizer(config, 'train')).params
+  abstract_params = run.abstract_params(run.network(0.0))
   num_samples = num_samples or config.sample.num_samples
   labels = sampling.sample_labels_for(config, num_samples)
   written = {}

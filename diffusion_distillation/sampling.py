@@ -84,17 +84,24 @@ class Sampler:
     return np.concatenate(out, axis=0)
 
 
-def image_grid(images: np.ndarray, *, columns: int = 10,
-               scale: int = 1) -> np.ndarray:
-  """uint8 [N, H, W, C] -> one uint8 [rows*H, columns*W, C] picture."""
+def image_grid(images: np.ndarray, *, columns: int = 10, scale: int = 1,
+               border: int = 1) -> np.ndarray:
+  """uint8 [N, H, W, C] -> one uint8 picture, cells split by gray lines.
+
+  Each image is enlarged `scale` times (nearest) and framed by `border`
+  pixels of mid gray, so that dark-edged images stay apart.
+  """
   num, height, width, channels = images.shape
   rows = -(-num // columns)
-  padded = np.zeros((rows * columns, height, width, channels), np.uint8)
-  padded[:num] = images
-  grid = padded.reshape(rows, columns, height, width, channels)
-  grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * height,
-                                               columns * width, channels)
-  return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+  images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+  cell_h, cell_w = height * scale + border, width * scale + border
+  grid = np.full((rows * cell_h + border, columns * cell_w + border, channels),
+                 128, np.uint8)
+  for index, image in enumerate(images):
+    top = border + (index // columns) * cell_h
+    left = border + (index % columns) * cell_w
+    grid[top:top + height * scale, left:left + width * scale] = image
+  return grid
 
 
 def write_samples(directory: str, name: str, images: np.ndarray,
@@ -118,7 +125,7 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   tmp = npz + '.tmp.npz'
   np.savez(tmp, **arrays)
   os.replace(tmp, npz)  # a crash never leaves a truncated file behind
-  grid = image_grid(images, scale=max(1, 64 // images.shape[1]))
+  grid = image_grid(images, scale=max(1, 32 // images.shape[1]))
   png = os.path.join(directory, f'{name}.png')
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
       png + '.tmp.png')

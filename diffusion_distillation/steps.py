@@ -38,8 +38,13 @@ def _apply_fn(network: unet.UNet, params, labels, *, train: bool,
 
 def _one_update(state, images, labels, rng, teacher_params, *, network,
                 optimizer, ema_decay, logsnr_schedule, mean_type, weighting,
-                skip_nonfinite):
-  """One optimizer step on one [B, ...] batch."""
+                skip_nonfinite, pmap_axis=None):
+  """One optimizer step on one [B, ...] batch.
+
+  Under jit with a mesh the mean over the global batch already averages the
+  gradient over devices; under `jax.pmap(..., axis_name=pmap_axis)` it is
+  averaged explicitly (kept for comparison, see benchmarks/data_parallel.py).
+  """
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.num_sample_steps),
                            state.step)
   rng_loss, rng_dropout = jax.random.split(rng)
@@ -64,6 +69,8 @@ def _one_update(state, images, labels, rng, teacher_params, *, network,
     return jnp.mean(losses)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  if pmap_axis is not None:
+    loss, grads = jax.lax.pmean((loss, grads), pmap_axis)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
