@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from diffusion_distillation import data
 from diffusion_distillation import diffusion
 from diffusion_distillation import schedules
 from diffusion_distillation import unet
@@ -53,6 +54,9 @@ def check_config(config: ml_collections.ConfigDict,
     unet.logsnr_to_time(0.0, logsnr_input_type=model.logsnr_input_type)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.dataset.name not in data.IN_MEMORY_DATASETS:
+    raise ConfigError(f'Unknown dataset.name {config.dataset.name!r}; choose '
+                      f'one of {data.IN_MEMORY_DATASETS}.')
   if config.sample.sampler not in ('ddim', 'ancestral'):
     raise ConfigError(f"Unknown sample.sampler {config.sample.sampler!r}; "
                       "choose 'ddim' or 'ancestral'.")

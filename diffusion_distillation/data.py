@@ -66,11 +66,15 @@ def load_digits(split: str = 'train', *, test_fraction: float = 0.2,
   return Dataset(images=uint8_to_unit_interval(images), labels=labels)
 
 
+IN_MEMORY_DATASETS = ('digits',)
+
+
 def load(name: str, split: str = 'train') -> Dataset:
   """The in-memory dataset `name` (only 'digits' ships with the package)."""
-  if name == 'digits':
-    return load_digits(split)
-  raise ValueError(f"Unknown dataset {name!r}; the bundled one is 'digits'.")
+  if name not in IN_MEMORY_DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; choose one of '
+                     f'{IN_MEMORY_DATASETS}.')
+  return load_digits(split)
 
 
 def batch_for_step(dataset: Dataset, *, seed: int, step: int,

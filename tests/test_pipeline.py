@@ -217,6 +217,8 @@ def _snapshot(workdir):
     ({'distill.start_num_steps': 4, 'distill.end_num_steps': 0},
      'need start > end >= 1'),
     ({'model.logsnr_schedule.name': 'linear'}, "Unknown logsnr schedule 'linear'"),
+    ({'dataset.name': 'mnist'}, "Unknown dataset.name 'mnist'"),
+    ({'sample.sampler': 'euler'}, "Unknown sample.sampler 'euler'"),
     ({'model.mean_type': 'z'}, "Unknown mean_type 'z'"),
     ({'model.mean_loss_weight_type': 'l1'},
      "Unknown mean_loss_weight_type 'l1'"),
