@@ -1,0 +1,267 @@
+"""Imports a checkpoint of Google's release as a model of this project.
+
+  python -m diffusion_distillation.release_import --config=configs/<x>.py \
+      --checkpoint=gs://gresearch/diffusion-distillation/cifar_8 \
+      --workdir=workdirs/cifar_release
+
+A release checkpoint is one msgpack file written by
+`flax.serialization.to_bytes` of the release's TrainState: a nested dict
+
+  step              int, optimizer steps of the run that wrote it
+  optimizer         the removed `flax.optim.Optimizer`: target (the trained
+                    parameters) and state {step, param_states}
+  ema_params        the network's EMA parameters (what the release samples
+                    with)
+  num_sample_steps  N, the student's sampling steps; 0 for the
+                    continuous-time teacher
+
+The release's code no longer imports on current Flax (`flax.optim` was
+removed in 0.6.0), but the files do not need it: `msgpack_restore` gives
+plain dicts and NumPy arrays. The parameters are checked name by name
+against the config's network and written to <workdir>/models/<N>, where
+`--mode=sample` samples them and `--mode=distill` takes them as its teacher
+(models/0 of the same workdir, or any models/<N> named by
+`distill.teacher_checkpoint` with `distill.start_num_steps=N`).
+"""
+
+import os
+import sys
+from typing import Any, Optional
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from diffusion_distillation import checkpoints
+from diffusion_distillation import config_checks
+from diffusion_distillation import train_state as train_state_lib
+
+_RELEASE_KEYS = ('step', 'optimizer', 'ema_params', 'num_sample_steps')
+
+
+def read_release_checkpoint(path: str) -> dict:
+  """The state dict of a release checkpoint file (local or gs://).
+
+  Args:
+    path: the msgpack file, e.g. gs://gresearch/diffusion-distillation/cifar_8.
+
+  Returns:
+    The release TrainState as nested dicts of NumPy arrays and numbers.
+
+  Raises:
+    ConfigError when the file cannot be read or holds no release state.
+  """
+  try:
+    if tf.io.gfile.isdir(path):
+      raise config_checks.ConfigError(
+          f'{path} is a directory; give the release checkpoint file itself '
+          '(e.g. gs://gresearch/diffusion-distillation/cifar_8).')
+    if not tf.io.gfile.exists(path):
+      raise config_checks.ConfigError(
+          f'No release checkpoint at {path}: the file does not exist.')
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      data = f.read()
+  except tf.errors.OpError as e:  # e.g. GCS unreachable or access denied
+    raise config_checks.ConfigError(
+        f'Cannot read {path}: {e.message.splitlines()[0]}') from None
+  try:
+    state = flax.serialization.msgpack_restore(data)
+  except (ValueError, TypeError) as e:  # what msgpack raises on bad bytes
+    raise config_checks.ConfigError(
+        f'{path} is not a flax msgpack file ({e}); give a release checkpoint '
+        'file.') from None
+  if not isinstance(state, dict) or not (
+      isinstance(state.get('ema_params'), dict) or
+      isinstance(_optimizer_target(state), dict)):
+    found = (f'top-level keys {sorted(state)}' if isinstance(state, dict)
+             else f'a {type(state).__name__}')
+    raise config_checks.ConfigError(
+        f'{path} is not a release train state: expected the keys '
+        f'{", ".join(_RELEASE_KEYS)} with parameters in ema_params or '
+        f'optimizer.target, found {found}.')
+  return state
+
+
+def _optimizer_target(state: dict) -> Optional[dict]:
+  optimizer = state.get('optimizer')
+  return optimizer.get('target') if isinstance(optimizer, dict) else None
+
+
+def release_params(state_dict: dict, *, use_ema: bool = True) -> tuple:
+  """The network parameters of a release state dict and its step count.
+
+  Args:
+    state_dict: what `read_release_checkpoint` returns.
+    use_ema: take `ema_params` (what the release samples with); False, or a
+      state without them, takes the optimizer's target.
+
+  Returns:
+    (params as nested dicts of arrays, num_sample_steps: int, 0 if absent).
+
+  Raises:
+    ConfigError when the parameters asked for are not in the state.
+  """
+  params = state_dict.get('ema_params') if use_ema else None
+  if not isinstance(params, dict):
+    params = _optimizer_target(state_dict)
+    if not isinstance(params, dict):
+      raise config_checks.ConfigError(
+          'The release checkpoint has no optimizer.target; import its '
+          'ema_params instead (--use_ema=true).')
+    if use_ema:
+      logging.warning('The release checkpoint has no ema_params; importing '
+                      'optimizer.target.')
+  return params, _as_int(state_dict.get('num_sample_steps', 0),
+                         'num_sample_steps')
+
+
+def _as_int(value, name: str) -> int:
+  """A release scalar (a Python int or a 0-d array) as an int."""
+  value = np.asarray(value)
+  if value.shape != () or value.dtype.kind not in 'iuf':
+    raise config_checks.ConfigError(
+        f'The release checkpoint\'s {name} is {value!r}, not a number.')
+  return int(value)
+
+
+def network_param_shapes(config: ml_collections.ConfigDict) -> Any:
+  """Shapes and dtypes of the config network's parameters (no memory)."""
+  network = train_state_lib.build_network(config, dropout=0.0)
+  return jax.eval_shape(
+      lambda rng: train_state_lib.init_params(network, config, rng),
+      jax.random.key(0))
+
+
+def fit_params(found: dict, expected: Any, *, source: str) -> dict:
+  """Release parameters as the config's network holds them.
+
+  Args:
+    found: parameters from `release_params`, nested dicts of arrays.
+    expected: `network_param_shapes(config)`.
+    source: what `found` came from, for error messages.
+
+  Returns:
+    `found` with every leaf a NumPy array of the network's shape and dtype.
+
+  Raises:
+    ConfigError naming the first parameter that is missing, extra, not a
+    float array, or of another shape.
+  """
+  wanted = flax.traverse_util.flatten_dict(expected)
+  fitted = {}
+  for key, leaf in flax.traverse_util.flatten_dict(found).items():
+    if not isinstance(leaf, np.ndarray) or leaf.dtype.kind != 'f':
+      raise config_checks.ConfigError(
+          f'{source} has parameter {"/".join(key)} of type '
+          f'{getattr(leaf, "dtype", type(leaf).__name__)}, not a float array.')
+    shape = tuple(wanted[key].shape) if key in wanted else leaf.shape
+    # Flax before 0.3.6 stored GroupNorm's scale and bias as [1, 1, 1, C],
+    # now [C]; the release's own loader reshaped them the same way.
+    if leaf.shape == (1,) * (leaf.ndim - len(shape)) + shape:
+      leaf = leaf.reshape(shape)
+    fitted[key] = leaf
+  fitted = flax.traverse_util.unflatten_dict(fitted)
+  checkpoints.check_param_shapes(fitted, expected, source)
+  return jax.tree_util.tree_map(
+      lambda leaf, want: leaf.astype(want.dtype, copy=False), fitted,
+      flax.core.unfreeze(expected))
+
+
+def import_release_checkpoint(path: str, config: ml_collections.ConfigDict,
+                              workdir: str, *,
+                              num_sample_steps: Optional[int] = None,
+                              use_ema: bool = True) -> int:
+  """Writes a release checkpoint's parameters as <workdir>/models/<N>.
+
+  Everything is checked before anything is written: the config, the file,
+  every parameter against the config's network, and that models/<N> does
+  not exist yet. The config is recorded in the workdir as a run records it,
+  so `--mode=sample` and `--mode=distill` with the same config accept it.
+
+  Args:
+    path: the release checkpoint file, local or gs://.
+    config: the config whose network the checkpoint must fit.
+    workdir: where to write models/<N> (and config.json when new).
+    num_sample_steps: N to save the model as; None takes the checkpoint's
+      own (0 = continuous-time teacher, N > 0 = student sampling in N steps).
+    use_ema: import `ema_params` rather than the optimizer's target.
+
+  Returns:
+    N, the step count the model was saved under.
+
+  Raises:
+    ConfigError on any mismatch, before anything is written.
+  """
+  config_checks.check_config(config)
+  state = read_release_checkpoint(path)
+  params, checkpoint_steps = release_params(state, use_ema=use_ema)
+  model_steps = (checkpoint_steps if num_sample_steps is None
+                 else num_sample_steps)
+  if model_steps < 0:
+    raise config_checks.ConfigError(
+        f'num_sample_steps={model_steps}: use 0 for a continuous-time teacher '
+        'or the N steps a student samples in.')
+  if model_steps in checkpoints.saved_models(workdir):
+    raise config_checks.ConfigError(
+        f'{os.path.join(checkpoints.models_dir(workdir), str(model_steps))} '
+        'already exists and is kept: import into another --workdir, or save '
+        'under another --num_sample_steps.')
+  meta = {
+      'imported_from': path,
+      'imported_params': ('ema_params' if params is state.get('ema_params')
+                          else 'optimizer.target'),
+      'release_step': _as_int(state.get('step', 0), 'step'),
+      'release_num_sample_steps': checkpoint_steps,
+  }
+  params = fit_params(params, network_param_shapes(config),
+                      source=f'release checkpoint {path}')
+  checkpoints.guard_run_config(workdir, config)
+  checkpoints.save_model(workdir, model_steps, params, meta)
+  return model_steps
+
+
+def _define_flags():
+  """The command line's flags; defined only when run as a command, so that
+  importing this module next to main.py defines no flag twice."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file in configs/ whose network the '
+      'checkpoint fits.', lock_config=True)
+  flags.DEFINE_string(
+      'checkpoint', None, 'Release checkpoint file, local or gs://, e.g. '
+      'gs://gresearch/diffusion-distillation/cifar_8.')
+  flags.DEFINE_string(
+      'workdir', None, 'Workdir to write models/<N> into; then run '
+      'diffusion_distillation.main with the same config and workdir.')
+  flags.DEFINE_integer(
+      'num_sample_steps', None, 'N to save the model as; default: the '
+      "checkpoint's own (0 for a teacher).")
+  flags.DEFINE_bool(
+      'use_ema', True, "Import ema_params; false imports the optimizer's "
+      'target.')
+  flags.mark_flags_as_required(['config', 'checkpoint', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
+  try:
+    model_steps = import_release_checkpoint(
+        args.checkpoint, args.config, args.workdir,
+        num_sample_steps=args.num_sample_steps, use_ema=args.use_ema)
+  except config_checks.ConfigError as e:
+    # A bad input: one line saying what to change, no traceback.
+    sys.exit(f'error: {e}')
+  logging.info('Imported %s as %s', args.checkpoint, os.path.join(
+      checkpoints.models_dir(args.workdir), str(model_steps)))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
