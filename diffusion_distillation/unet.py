@@ -92,7 +92,8 @@ class AttnBlock(nn.Module):
     batch, height, width, channels = x.shape
     num_heads, head_dim = attention_heads(channels, self.num_heads,
                                           self.head_dim)
-    h = nn.GroupNorm(self.num_groups, name='norm')(x).reshape(batch, height * width, channels)
+    h = nn.GroupNorm(self.num_groups, name='norm')(x)
+    h = h.reshape(batch, height * width, channels)
     qkv = [nn.DenseGeneral((num_heads, head_dim), name=name)(h)
            for name in ('q', 'k', 'v')]
     h = nn.dot_product_attention(*qkv)

@@ -15,14 +15,29 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from diffusion_distillation import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(REPO, 'configs', 'test.py')
+
+
+def tiny_config(**overrides):
+  """configs/test.py with dotted overrides: tiny_config(**{'model.ch': 16})."""
+  config = config_checks.base_config(TEST_CONFIG, 'test')
+  for key, value in overrides.items():
+    *sections, field = key.split('.')
+    target = config
+    for section in sections:
+      target = target[section]
+    target[field] = value
+  return config
 
 
 def run_python(args, *, env=None, timeout=300, **kwargs):
   """Runs `python args...` in the repository; returns the CompletedProcess."""
   return subprocess.run(
-      [sys.executable] + list(args), cwd=REPO, env=dict(os.environ, **(env or {})),
+      [sys.executable] + list(args), cwd=REPO,
+      env=dict(os.environ, **(env or {})),
       capture_output=True, text=True, timeout=timeout, **kwargs)
 
 

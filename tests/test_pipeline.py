@@ -18,17 +18,10 @@ from diffusion_distillation import pipeline
 from diffusion_distillation import train_state as train_state_lib
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
+from tests.conftest import tiny_config
 from tests.conftest import run_python
 
 
-def _config(**overrides):
-  """configs/test.py with dotted overrides ('distill.steps_per_round': 8)."""
-  config = config_checks.base_config(TEST_CONFIG, 'test')
-  for key, value in overrides.items():
-    section, _, field = key.rpartition('.')
-    target = config[section] if section else config
-    target[field] = value
-  return config
 
 
 def _params(workdir, num_sample_steps, config):
@@ -60,7 +53,7 @@ def trained_workdir(tmp_path_factory):
   jax_logger.addHandler(handler)
   try:
     with jax.log_compiles(True):
-      timings = pipeline.run_mode(_config(), workdir, 'all')
+      timings = pipeline.run_mode(tiny_config(), workdir, 'all')
   finally:
     jax_logger.removeHandler(handler)
   compiled = [r.getMessage() for r in records
@@ -83,7 +76,7 @@ def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
     assert os.path.exists(os.path.join(samples, f'{grid}.png'))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   # Distillation moved the student away from its teacher.
-  config = _config()
+  config = tiny_config()
   teacher, student = _params(workdir, 0, config), _params(workdir, 1, config)
   diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
       jax.tree_util.tree_leaves(teacher), jax.tree_util.tree_leaves(student))]
@@ -99,10 +92,10 @@ def test_no_recompilation_inside_or_across_rounds(trained_workdir):
 
 def test_rerun_of_a_finished_run_does_nothing(trained_workdir):
   workdir, _, _ = trained_workdir
-  before = _params(workdir, 1, _config())
-  timings = pipeline.run_mode(_config(), workdir, 'distill')
+  before = _params(workdir, 1, tiny_config())
+  timings = pipeline.run_mode(tiny_config(), workdir, 'distill')
   assert timings['distill'] < 5
-  _assert_trees_equal(_params(workdir, 1, _config()), before, atol=0)
+  _assert_trees_equal(_params(workdir, 1, tiny_config()), before, atol=0)
 
 
 def test_resume_after_sigkill_mid_round_matches_uninterrupted(
@@ -111,7 +104,7 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   overrides = {'distill.steps_per_round': 12, 'checkpoint.every_steps': 2,
                'distill.teacher_checkpoint': teacher_workdir}
   reference = str(tmp_path / 'reference')
-  pipeline.run_mode(_config(**overrides), reference, 'distill')
+  pipeline.run_mode(tiny_config(**overrides), reference, 'distill')
 
   resumed = str(tmp_path / 'resumed')
   flags = [f'--config={TEST_CONFIG}', f'--workdir={resumed}', '--mode=distill']
@@ -139,8 +132,8 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   assert result.returncode == 0, result.stderr[-3000:]
   assert checkpoints.saved_models(resumed) == [1, 2]
   for num_steps in (2, 1):
-    _assert_trees_equal(_params(resumed, num_steps, _config(**overrides)),
-                        _params(reference, num_steps, _config(**overrides)))
+    _assert_trees_equal(_params(resumed, num_steps, tiny_config(**overrides)),
+                        _params(reference, num_steps, tiny_config(**overrides)))
 
 
 _DATA_PARALLEL_SCRIPT = r'''
@@ -227,13 +220,7 @@ def _snapshot(workdir):
 def test_bad_config_values_are_refused_before_any_write(overrides, message,
                                                         tmp_path):
   workdir = str(tmp_path / 'w')
-  config = _config()
-  for key, value in overrides.items():
-    section, _, field = key.rpartition('.')
-    config_section = config
-    for part in section.split('.'):
-      config_section = config_section[part]
-    config_section[field] = value
+  config = tiny_config(**overrides)
   if message is None:  # batch 7 fits one device but not three
     config_checks.check_config(config, num_devices=1)
     with pytest.raises(config_checks.ConfigError,
@@ -247,17 +234,17 @@ def test_bad_config_values_are_refused_before_any_write(overrides, message,
 
 def test_missing_teacher_is_refused(tmp_path):
   with pytest.raises(config_checks.ConfigError, match='Missing teacher'):
-    pipeline.run_mode(_config(), str(tmp_path / 'w'), 'distill')
+    pipeline.run_mode(tiny_config(), str(tmp_path / 'w'), 'distill')
   with pytest.raises(config_checks.ConfigError, match='No model checkpoint'):
     pipeline.run_mode(
-        _config(**{'distill.teacher_checkpoint': str(tmp_path / 'nowhere')}),
+        tiny_config(**{'distill.teacher_checkpoint': str(tmp_path / 'nowhere')}),
         str(tmp_path / 'w2'), 'distill')
 
 
 def test_teacher_of_another_shape_names_the_parameter(trained_workdir,
                                                       tmp_path):
   teacher_workdir, _, _ = trained_workdir
-  config = _config(**{'distill.teacher_checkpoint': teacher_workdir})
+  config = tiny_config(**{'distill.teacher_checkpoint': teacher_workdir})
   config.model.ch = 16
   with pytest.raises(config_checks.ConfigError,
                      match=r'parameter \S+ has shape \(.*\) there and \(.*\) '
@@ -271,7 +258,7 @@ def test_workdir_of_another_config_is_refused_untouched(trained_workdir):
   with pytest.raises(config_checks.ConfigError,
                      match='holds a run of a different config: '
                      'train.learning_rate'):
-    pipeline.run_mode(_config(**{'train.learning_rate': 1.0}), workdir, 'all')
+    pipeline.run_mode(tiny_config(**{'train.learning_rate': 1.0}), workdir, 'all')
   assert _snapshot(workdir) == before
 
 

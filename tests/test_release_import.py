@@ -14,17 +14,11 @@ from diffusion_distillation import config_checks
 from diffusion_distillation import pipeline
 from diffusion_distillation import release_import
 from tests.conftest import TEST_CONFIG
+from tests.conftest import tiny_config
 from tests.conftest import randomize_params
 from tests.conftest import run_python
 
 
-def _config(**overrides):
-  """configs/test.py with dotted overrides ('model.ch': 16)."""
-  config = config_checks.base_config(TEST_CONFIG, 'test')
-  for key, value in overrides.items():
-    section, _, field = key.rpartition('.')
-    config[section][field] = value
-  return config
 
 
 def _random_params(config, seed):
@@ -74,7 +68,7 @@ def _assert_trees_equal(a, b):
 
 def test_imported_teacher_samples_and_is_distilled(tmp_path):
   # One distillation round (4 -> 2 steps) is enough to show it is taken.
-  config = _config(**{'distill.end_num_steps': 2})
+  config = tiny_config(**{'distill.end_num_steps': 2})
   ema, target = _random_params(config, 1), _random_params(config, 2)
   path = _write(tmp_path / 'cifar_original', _release_state(
       target=target, ema_params=ema, num_sample_steps=0))
@@ -96,7 +90,7 @@ def test_imported_teacher_samples_and_is_distilled(tmp_path):
 
 
 def test_command_line_imports_a_student_and_never_overwrites(tmp_path):
-  config = _config()
+  config = tiny_config()
   ema, target = _random_params(config, 1), _random_params(config, 2)
   path = _write(tmp_path / 'cifar_4', _release_state(
       target=target, ema_params=ema, num_sample_steps=4))
@@ -151,7 +145,7 @@ def test_release_params_choice_and_defaults():
     ('not_an_array', 'parameter dense0/bias of type str, not a float array'),
 ])
 def test_mismatched_parameters_are_refused_by_name(tmp_path, change, message):
-  config = _config()
+  config = tiny_config()
   ema = _random_params(config, 1)
   attn = ema['mid.attn_1']
   if change == 'wrong_shape':
@@ -191,7 +185,7 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
 
 def _cifar10_config(**model):
   """REFERENCE section 8's CIFAR-10 network: 32x32x3, unconditional, x."""
-  config = _config(**{'dataset.image_size': 32, 'dataset.channels': 3,
+  config = tiny_config(**{'dataset.image_size': 32, 'dataset.channels': 3,
                       'dataset.class_conditional': False,
                       'dataset.num_classes': 1, 'model.mean_type': 'x'})
   config.model.update(dict(ch=256, emb_ch=1024, ch_mult=(1, 1, 1),

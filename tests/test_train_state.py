@@ -4,9 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_distillation import config_checks
 from diffusion_distillation import train_state as train_state_lib
-from tests.conftest import TEST_CONFIG
+from tests.conftest import tiny_config
 
 
 def test_warmup_then_constant():
@@ -36,8 +35,8 @@ def test_ema_update_and_copy():
 
 
 def test_optimizer_clips_the_gradient_by_global_norm():
-  config = config_checks.base_config(TEST_CONFIG, 'test')
-  config.train.update(learning_rate=1.0, warmup_steps=0, weight_decay=0.0)
+  config = tiny_config(**{'train.learning_rate': 1.0,
+                          'train.warmup_steps': 0, 'train.weight_decay': 0.0})
   optimizer = train_state_lib.make_optimizer(config, 'train')
   params = {'w': jnp.zeros(4)}
   huge = {'w': jnp.full(4, 1e6)}
@@ -52,7 +51,7 @@ def test_optimizer_clips_the_gradient_by_global_norm():
 
 
 def test_state_of_the_tiny_network_is_built_abstractly():
-  config = config_checks.base_config(TEST_CONFIG, 'test')
+  config = tiny_config()
   network = train_state_lib.build_network(config, dropout=0.0)
   optimizer = train_state_lib.make_optimizer(config, 'train')
   abstract = train_state_lib.abstract_state(network, config, optimizer)
