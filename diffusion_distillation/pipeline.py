@@ -68,11 +68,6 @@ class Run:
                                        self.mesh)
     return self._sampler
 
-  def abstract_params(self, network):
-    """The network's parameter shapes (no memory allocated)."""
-    return jax.eval_shape(lambda rng: train_state_lib.init_params(
-        network, self.config, rng), jax.random.key(0))
-
   def abstract_state(self, network, optimizer):
     """The state's shapes, replicated over the mesh (for restoring)."""
     return jax.tree_util.tree_map(
@@ -304,7 +299,7 @@ def sample(run: Run, num_samples: Optional[int] = None) -> dict:
   if not models:
     raise config_checks.ConfigError(
         f'No models in {workdir}/models: run --mode=train (and distill) first.')
-  abstract_params = run.abstract_params(run.network(0.0))
+  abstract_params = train_state_lib.abstract_params(run.network(0.0), config)
   num_samples = num_samples or config.sample.num_samples
   labels = sampling.sample_labels_for(config, num_samples)
   written = {}

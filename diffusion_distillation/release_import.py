@@ -132,10 +132,8 @@ def _as_int(value, name: str) -> int:
 
 def network_param_shapes(config: ml_collections.ConfigDict) -> Any:
   """Shapes and dtypes of the config network's parameters (no memory)."""
-  network = train_state_lib.build_network(config, dropout=0.0)
-  return jax.eval_shape(
-      lambda rng: train_state_lib.init_params(network, config, rng),
-      jax.random.key(0))
+  return train_state_lib.abstract_params(
+      train_state_lib.build_network(config, dropout=0.0), config)
 
 
 def fit_params(found: dict, expected: Any, *, source: str) -> dict:

@@ -108,6 +108,12 @@ def init_params(network: unet.UNet, config: ml_collections.ConfigDict, rng):
       'params']
 
 
+def abstract_params(network: unet.UNet, config: ml_collections.ConfigDict):
+  """The network's parameter shapes and dtypes, with no memory allocated."""
+  return jax.eval_shape(lambda rng: init_params(network, config, rng),
+                        jax.random.key(0))
+
+
 def abstract_state(network, config, optimizer) -> TrainState:
   """Shapes and dtypes of the state, with no memory allocated."""
   return jax.eval_shape(

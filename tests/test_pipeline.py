@@ -26,8 +26,7 @@ from tests.conftest import run_python
 
 def _params(workdir, num_sample_steps, config):
   network = train_state_lib.build_network(config, dropout=0.0)
-  abstract = jax.eval_shape(lambda: train_state_lib.init_params(
-      network, config, jax.random.key(0)))
+  abstract = train_state_lib.abstract_params(network, config)
   params, _ = checkpoints.load_model(workdir, abstract,
                                      num_sample_steps=num_sample_steps)
   return jax.tree_util.tree_map(np.asarray, params)
