@@ -95,21 +95,30 @@ class Run:
         process_count=jax.process_count())
     return steps.device_batch(images, labels, self.mesh)
 
-  def write_grid(self, params, num_steps: int, name: str, step: int):
-    """Samples a grid with the configured seed and writes it as an image."""
+  def write_samples(self, params, *, num_steps: int, name: str,
+                    sampler: str = 'ddim', num_samples: Optional[int] = None,
+                    step: Optional[int] = None) -> Optional[dict]:
+    """Samples with the configured seed and labels; writes <name>.npz/.png.
+
+    With `step`, the grid also goes to the metric writer (TensorBoard).
+    Returns the written paths on process 0, None elsewhere.
+    """
     sample = self.config.sample
-    labels = sampling.sample_labels_for(self.config, sample.num_samples)
+    num_samples = num_samples or sample.num_samples
+    labels = sampling.sample_labels_for(self.config, num_samples)
     x = self.sampler.sample(params, num_steps=num_steps,
-                            num_samples=sample.num_samples, labels=labels,
-                            seed=sample.seed, sampler='ddim')
+                            num_samples=num_samples, labels=labels,
+                            seed=sample.seed, sampler=sampler)
+    if jax.process_index() != 0:
+      return None
     images = data.unit_interval_to_uint8(x)
-    if jax.process_index() == 0:
-      paths = sampling.write_samples(
-          os.path.join(self.workdir, 'samples'), name, images, labels)
+    paths = sampling.write_samples(
+        os.path.join(self.workdir, 'samples'), name, images, labels)
+    if step is not None:
       self.writer.write_images(step, {
           f'samples/{name}': sampling.image_grid(images)[None]})
-      logging.info('Wrote %s', paths['png'])
-    return images
+    logging.info('Wrote %s and %s', paths['npz'], paths['png'])
+    return paths
 
   def loop(self, *, section: str, state, num_steps: int, run_step: Callable,
            save: Callable, step_offset: int = 0, total_steps: int = 0):
@@ -195,9 +204,10 @@ def train_teacher(run: Run):
                          {'trained_steps': int(state.step)})
   run.writer.write_scalars(int(state.step),
                            {'train/minutes': (time.time() - start) / 60})
-  run.write_grid(state.ema_params, config.sample.teacher_num_steps,
-                 f'grid_teacher_{config.sample.teacher_num_steps}',
-                 int(state.step))
+  run.write_samples(state.ema_params,
+                    num_steps=config.sample.teacher_num_steps,
+                    name=f'grid_teacher_{config.sample.teacher_num_steps}',
+                    step=int(state.step))
 
 
 def _first_teacher(run: Run, abstract_params):
@@ -282,8 +292,8 @@ def distill(run: Run):
     logging.info('Round %d/%d (%d steps) done in %.1f min, final loss %.4g',
                  round_index + 1, len(counts), num_steps,
                  (time.time() - start) / 60, last.get('loss', float('nan')))
-    run.write_grid(state.ema_params, num_steps, f'grid_{num_steps}',
-                   offset + per_round)
+    run.write_samples(state.ema_params, num_steps=num_steps,
+                      name=f'grid_{num_steps}', step=offset + per_round)
   mngr.close()
 
 
@@ -300,8 +310,6 @@ def sample(run: Run, num_samples: Optional[int] = None) -> dict:
     raise config_checks.ConfigError(
         f'No models in {workdir}/models: run --mode=train (and distill) first.')
   abstract_params = train_state_lib.abstract_params(run.network(0.0), config)
-  num_samples = num_samples or config.sample.num_samples
-  labels = sampling.sample_labels_for(config, num_samples)
   written = {}
   for model_steps in models:
     params, _ = checkpoints.load_model(
@@ -312,14 +320,10 @@ def sample(run: Run, num_samples: Optional[int] = None) -> dict:
       name = f'samples_{num_steps}_teacher'
     else:
       num_steps, sampler, name = model_steps, 'ddim', f'samples_{model_steps}'
-    x = run.sampler.sample(params, num_steps=num_steps,
-                           num_samples=num_samples, labels=labels,
-                           seed=config.sample.seed, sampler=sampler)
-    if jax.process_index() == 0:
-      written[name] = sampling.write_samples(
-          os.path.join(workdir, 'samples'), name,
-          data.unit_interval_to_uint8(x), labels)
-      logging.info('Wrote %s', written[name]['npz'])
+    paths = run.write_samples(params, num_steps=num_steps, name=name,
+                              sampler=sampler, num_samples=num_samples)
+    if paths:
+      written[name] = paths
   return written
 
 
