@@ -18,12 +18,13 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from diffusion_distillation import config_checks
 
 # Config parts that may change between a run and its resumption: they do
 # not change what is trained.
-_RESUMABLE_CHANGES = ('checkpoint', 'sample', 'log_every_steps')
+_RESUMABLE_CHANGES = ('checkpoint', 'sample', 'eval', 'log_every_steps')
 
 
 def _flatten(tree, prefix=''):
@@ -35,17 +36,22 @@ def _flatten(tree, prefix=''):
   return {prefix[:-1]: tree}
 
 
+def as_path(path: str) -> epath.Path:
+  """A local path made absolute, or a URL such as gs://bucket/dir as it is
+  (epath reads and writes both, as orbax does)."""
+  return epath.Path(path if '://' in str(path) else os.path.abspath(path))
+
+
 def guard_run_config(workdir: str, config: ml_collections.ConfigDict):
   """Records the config in a new workdir; refuses a workdir of another run.
 
   Raises:
     ConfigError naming the first differing field.
   """
-  path = os.path.join(workdir, 'config.json')
+  path = as_path(workdir) / 'config.json'
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
+  if path.exists():
+    recorded = json.loads(path.read_text())
     old, new = _flatten(recorded), _flatten(current)
     for key in sorted(set(old) | set(new)):
       if key.split('.')[0] in _RESUMABLE_CHANGES:
@@ -57,18 +63,17 @@ def guard_run_config(workdir: str, config: ml_collections.ConfigDict):
             f'{new.get(key, "<absent>")!r} here; use a new --workdir or the '
             'same config.')
     return
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # never a half-written config
+  if jax.process_index() == 0:  # one writer; every process checks above
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / 'config.json.tmp'
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.rename(path)  # never a half-written config
 
 
 def manager(directory: str, *, max_to_keep: Optional[int]):
   """A synchronous orbax CheckpointManager (None keeps every step)."""
   return ocp.CheckpointManager(
-      os.path.abspath(directory),
+      as_path(directory),
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'meta': ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(
@@ -107,7 +112,7 @@ def save_model(workdir: str, num_sample_steps: int, params: Any,
 
 def saved_models(workdir: str) -> list:
   """Step counts of the models saved in `workdir`, ascending."""
-  if not os.path.isdir(models_dir(workdir)):
+  if not as_path(models_dir(workdir)).is_dir():
     return []
   mngr = manager(models_dir(workdir), max_to_keep=None)
   steps = sorted(mngr.all_steps())
@@ -115,14 +120,23 @@ def saved_models(workdir: str) -> list:
   return steps
 
 
+def model_meta(workdir: str, num_sample_steps: int) -> dict:
+  """The JSON metadata saved with models/<num_sample_steps>, without the
+  parameters (e.g. 'seconds' it took to train)."""
+  mngr = manager(models_dir(workdir), max_to_keep=None)
+  meta = mngr.restore(num_sample_steps, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  mngr.close()
+  return meta
+
+
 def resolve_model_path(path: str, num_sample_steps: int = 0) -> tuple:
   """(models directory, step) for a workdir or a models/<N> directory."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'models')):
-    return os.path.join(path, 'models'), num_sample_steps
-  parent, leaf = os.path.split(path)
-  if leaf.isdigit() and os.path.isdir(path):
-    return parent, int(leaf)
+  path = as_path(path)
+  if (path / 'models').is_dir():
+    return str(path / 'models'), num_sample_steps
+  if path.name.isdigit() and path.is_dir():
+    return str(path.parent), int(path.name)
   raise config_checks.ConfigError(
       f'No model checkpoint at {path}: give a workdir that holds models/ '
       '(e.g. one finished with --mode=train) or a models/<N> directory.')
@@ -136,7 +150,8 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
     path: a workdir (its models/<num_sample_steps>) or a models/<N> directory.
     abstract_params: the config network's parameter shapes.
     num_sample_steps: which model of a workdir.
-    sharding: where to place the parameters (e.g. replicated on a mesh).
+    sharding: where to place the parameters (e.g. replicated on a mesh);
+      default: this process's first device.
     source: what the path is, for error messages ('teacher checkpoint').
 
   Returns:
@@ -146,13 +161,17 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
     ConfigError when the checkpoint is missing or does not fit the network.
   """
   directory, step = resolve_model_path(path, num_sample_steps)
-  if not os.path.isdir(os.path.join(directory, str(step))):
+  if not (as_path(directory) / str(step)).is_dir():
     raise config_checks.ConfigError(
         f'Missing {source}: {directory}/{step} does not exist; train it first '
         '(--mode=train) or point the config at an existing one.')
   mngr = manager(directory, max_to_keep=None)
   metadata = mngr.item_metadata(step)['state']['params']
   check_param_shapes(metadata, abstract_params, f'{source} {directory}/{step}')
+  if sharding is None:
+    # Not the saved shardings: they name the devices of the run that wrote
+    # the model (e.g. all hosts of a TPU slice).
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
       abstract_params)

@@ -4,6 +4,8 @@
       --workdir=workdirs/digits --mode=all
 
 Re-running the same command with the same workdir resumes where it stopped.
+On several hosts, run the same command on every host with --distributed (and
+a workdir that all hosts share, e.g. gs://); see launch/.
 """
 
 import logging as logging_lib
@@ -25,6 +27,18 @@ _WORKDIR = flags.DEFINE_string(
     'to resume.')
 _MODE = flags.DEFINE_string(
     'mode', 'all', f'One of {", ".join(pipeline.MODES)}.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Connect the processes of a multi-process run with '
+    'jax.distributed.initialize(). On Cloud TPU VMs (and SLURM, Open MPI) JAX '
+    'finds the other processes itself; elsewhere give the three flags below.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (with '
+    '--distributed); default: detected, or $JAX_COORDINATOR_ADDRESS.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes (with --distributed).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process, 0..num_processes-1 (with '
+    '--distributed).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -37,10 +51,30 @@ class _QuietLibraries(logging_lib.Filter):
     return record.levelno >= logging_lib.WARNING or not noisy
 
 
+def _initialize_distributed():
+  """Joins the other processes; must run before anything touches devices."""
+  explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+              _PROCESS_ID.value)
+  if not _DISTRIBUTED.value:
+    if any(v is not None for v in explicit):
+      raise app.UsageError('--coordinator_address, --num_processes and '
+                           '--process_id need --distributed.')
+    return
+  # CPU processes need gloo for collectives across processes. The setting
+  # only concerns the CPU client, so it is harmless on TPU and GPU (whose
+  # backend cannot be asked before initialize).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(*explicit)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _initialize_distributed()
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if jax.process_index() > 0:
+    # Every process runs the same loop; process 0 speaks for all of them.
+    logging.set_verbosity(logging.WARNING)
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

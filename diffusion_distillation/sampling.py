@@ -5,7 +5,7 @@ class-conditional models `arr_1`, int32 labels: the layout the widely used
 ADM FID evaluator reads.
 """
 
-import os
+import io
 from typing import Optional
 
 import jax
@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from diffusion_distillation import checkpoints
 from diffusion_distillation import data
 from diffusion_distillation import diffusion
 from diffusion_distillation import schedules
@@ -24,10 +25,11 @@ class Sampler:
   """Samples from a network's parameters; compiles once per step count."""
 
   def __init__(self, network: unet.UNet, config: ml_collections.ConfigDict,
-               mesh=None):
+               mesh=None, batch_size: Optional[int] = None):
     self._network = network
     self._config = config
     self._mesh = mesh if mesh is not None else steps.make_mesh()
+    self._batch_size = batch_size or config.sample.batch_size
     self._compiled = {}
 
   def _compiled_for(self, num_steps: int, sampler: str):
@@ -49,11 +51,15 @@ class Sampler:
             logsnr_schedule=schedule, variance=sample.logvar_type)
 
       rep = steps.replicated(self._mesh)
-      shard = jax.sharding.NamedSharding(self._mesh,
-                                         jax.sharding.PartitionSpec('data'))
+      shard = self._sample_sharding()
+      # Replicated samples: every process can read them (the gather is small).
       self._compiled[key] = jax.jit(run, in_shardings=(rep, shard, shard, rep),
-                                    out_shardings=shard)
+                                    out_shardings=rep)
     return self._compiled[key]
+
+  def _sample_sharding(self):
+    return jax.sharding.NamedSharding(self._mesh,
+                                      jax.sharding.PartitionSpec('data'))
 
   def noise(self, num_samples: int, seed: int) -> np.ndarray:
     """Starting noise N(0, I); fixed by the seed, shared by every model."""
@@ -66,7 +72,7 @@ class Sampler:
              labels: Optional[np.ndarray] = None, seed: int = 0,
              sampler: str = 'ddim', z: Optional[np.ndarray] = None):
     """Samples x in [-1, 1], [num_samples, H, W, C] float32 (NumPy)."""
-    batch_size = self._config.sample.batch_size
+    batch_size = self._batch_size
     z = self.noise(num_samples, seed) if z is None else z
     if labels is None:
       labels = np.zeros((num_samples,), np.int32)
@@ -79,9 +85,18 @@ class Sampler:
       pad = batch_size - len(z_batch)  # keep one compiled batch shape
       z_batch = np.pad(z_batch, ((0, pad),) + ((0, 0),) * (z.ndim - 1))
       y_batch = np.pad(y_batch, (0, pad))
-      x = run(params, z_batch, y_batch, jax.random.fold_in(rng, start))
+      x = run(params, _on_mesh(z_batch, self._sample_sharding()),
+              _on_mesh(y_batch, self._sample_sharding()),
+              jax.random.fold_in(rng, start))
       out.append(np.asarray(x)[:batch_size - pad])
     return np.concatenate(out, axis=0)
+
+
+def _on_mesh(array: np.ndarray, sharding) -> jax.Array:
+  """A host array that every process holds alike -> a global array (jit
+  refuses NumPy inputs for shardings that span several processes)."""
+  return jax.make_array_from_callback(array.shape, sharding,
+                                      lambda index: array[index])
 
 
 def image_grid(images: np.ndarray, *, columns: int = 10, scale: int = 1,
@@ -109,7 +124,7 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   """Writes <name>.npz (arr_0 uint8 images, arr_1 labels) and <name>.png.
 
   Args:
-    directory: created if needed.
+    directory: created if needed; local or a URL such as gs://bucket/dir.
     name: file stem, e.g. 'samples_4'.
     images: uint8 [N, H, W, C].
     labels: optional int32 [N].
@@ -117,20 +132,25 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   Returns:
     {'npz': path, 'png': path}.
   """
-  os.makedirs(directory, exist_ok=True)
-  npz = os.path.join(directory, f'{name}.npz')
+  directory = checkpoints.as_path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
   arrays = {'arr_0': images}
   if labels is not None:
     arrays['arr_1'] = labels.astype(np.int32)
-  tmp = npz + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, npz)  # a crash never leaves a truncated file behind
+  npz = io.BytesIO()
+  np.savez(npz, **arrays)
   grid = image_grid(images, scale=max(1, 32 // images.shape[1]))
-  png = os.path.join(directory, f'{name}.png')
+  png = io.BytesIO()
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
-      png + '.tmp.png')
-  os.replace(png + '.tmp.png', png)
-  return {'npz': npz, 'png': png}
+      png, format='PNG')
+  paths = {}
+  for suffix, buffer in (('npz', npz), ('png', png)):
+    path = directory / f'{name}.{suffix}'
+    tmp = directory / f'{name}.tmp.{suffix}'
+    tmp.write_bytes(buffer.getvalue())
+    tmp.rename(path)  # a crash never leaves a truncated file behind
+    paths[suffix] = str(path)
+  return paths
 
 
 def sample_labels_for(config: ml_collections.ConfigDict,

@@ -153,6 +153,17 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
+def _identity(tree):
+  return tree
+
+
+def replicate(tree, mesh):
+  """Host values that every process holds alike -> arrays replicated on the
+  mesh (jax.device_put cannot place onto other processes' devices; a jitted
+  identity can)."""
+  return jax.jit(_identity, out_shardings=replicated(mesh))(tree)
+
+
 def batch_sharding(mesh):
   """[K, B, ...] batches are split along B."""
   return NamedSharding(mesh, P(None, 'data'))

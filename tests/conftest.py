@@ -13,9 +13,12 @@ os.environ.setdefault(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from diffusion_distillation import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 from diffusion_distillation import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from diffusion_distillation import train_state as train_state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(REPO, 'configs', 'test.py')
@@ -39,6 +42,23 @@ def run_python(args, *, env=None, timeout=300, **kwargs):
       [sys.executable] + list(args), cwd=REPO,
       env=dict(os.environ, **(env or {})),
       capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def saved_params(workdir, num_sample_steps, config):
+  """models/<num_sample_steps> of `workdir` as NumPy arrays."""
+  network = train_state_lib.build_network(config, dropout=0.0)
+  abstract = train_state_lib.abstract_params(network, config)
+  params, _ = checkpoints.load_model(workdir, abstract,
+                                     num_sample_steps=num_sample_steps)
+  return jax.tree_util.tree_map(np.asarray, params)
+
+
+def assert_trees_close(a, b, atol=1e-6):
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
 def randomize_params(params, rng, scale=0.2):
