@@ -2,7 +2,8 @@
 
 Each batch is a pure function of (seed, step), so a resumed run reads exactly
 the batches an uninterrupted run would, with no iterator state to save.
-Images are scaled to [-1, 1] here and only here.
+Images are scaled to [-1, 1] here and only here (the tfds datasets of
+`input_pipeline` call `uint8_to_unit_interval` too).
 """
 
 from typing import NamedTuple, Optional
@@ -24,7 +25,8 @@ class Dataset(NamedTuple):
 
 
 def uint8_to_unit_interval(pixels):
-  """uint8-valued pixels in [0, 255] -> float32 in [-1, 1]."""
+  """Pixel values in [0, 255] (uint8, or float after resizing) -> float32 in
+  [-1, 1]."""
   return np.asarray(pixels, np.float32) / 127.5 - 1.0
 
 
@@ -67,6 +69,16 @@ def load_digits(split: str = 'train', *, test_fraction: float = 0.2,
 
 
 IN_MEMORY_DATASETS = ('digits',)
+
+# tfds names that `input_pipeline` streams -> (native image size, or None when
+# it crops and resizes to dataset.image_size; number of classes, 0 when the
+# dataset has no labels).
+TFDS_DATASETS = {
+    'cifar10': (32, 10),
+    'imagenet2012': (None, 1000),
+    'lsun/bedroom': (None, 0),
+    'lsun/church_outdoor': (None, 0),
+}
 
 
 def load(name: str, split: str = 'train') -> Dataset:
