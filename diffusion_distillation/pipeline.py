@@ -18,11 +18,13 @@ from clu import periodic_actions
 from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import data
+from diffusion_distillation import evaluation
+from diffusion_distillation import input_pipeline
 from diffusion_distillation import sampling
 from diffusion_distillation import steps
 from diffusion_distillation import train_state as train_state_lib
 
-MODES = ('train', 'distill', 'sample', 'all')
+MODES = ('train', 'distill', 'sample', 'eval', 'all')
 
 
 def round_step_counts(config: ml_collections.ConfigDict) -> list:
@@ -53,9 +55,14 @@ class Run:
     self._sampler = None
 
   @property
-  def dataset(self) -> data.Dataset:
+  def dataset(self):
+    """The training data: a data.Dataset (digits, in memory) or an
+    input_pipeline.TfdsStream (tfds names)."""
     if self._dataset is None:
-      self._dataset = data.load(self.config.dataset.name, 'train')
+      name = self.config.dataset.name
+      self._dataset = (data.load(name, 'train')
+                       if name in data.IN_MEMORY_DATASETS
+                       else input_pipeline.TfdsStream(self.config.dataset))
     return self._dataset
 
   def network(self, dropout: float):
@@ -83,16 +90,20 @@ class Run:
         lambda a: jnp.array(a, copy=True), tree)
     state = train_state_lib.create_state(own(params), optimizer,
                                          num_sample_steps=num_sample_steps)
-    return jax.device_put(state.replace(ema_params=own(params)),
-                          self.replicated)
+    return steps.replicate(state.replace(ema_params=own(params)), self.mesh)
 
   def batch_at(self, section: str, step: int) -> dict:
+    """The batch of optimizer steps [step, step + substeps); the loop asks
+    for consecutive steps, which a tfds stream continues."""
     phase = self.config[section]
-    images, labels = data.batch_for_step(
-        self.dataset, seed=self.config.seed, step=step,
-        batch_size=phase.batch_size, substeps=phase.substeps,
-        process_index=jax.process_index(),
-        process_count=jax.process_count())
+    where = dict(seed=self.config.seed, step=step,
+                 batch_size=phase.batch_size, substeps=phase.substeps,
+                 process_index=jax.process_index(),
+                 process_count=jax.process_count())
+    if isinstance(self.dataset, data.Dataset):
+      images, labels = data.batch_for_step(self.dataset, **where)
+    else:
+      images, labels = self.dataset.batch_for_step(**where)
     return steps.device_batch(images, labels, self.mesh)
 
   def write_samples(self, params, *, num_steps: int, name: str,
@@ -190,8 +201,8 @@ def train_teacher(run: Run):
   step_fn = steps.compile_train_step(
       steps.step_settings(config, 'train', network=network,
                           optimizer=optimizer), run.mesh)
-  rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 1),
-                       run.replicated)
+  rng = steps.replicate(jax.random.fold_in(jax.random.key(config.seed), 1),
+                        run.mesh)
   start = time.time()
   state, _ = run.loop(
       section='train', state=state, num_steps=config.train.num_steps,
@@ -200,8 +211,10 @@ def train_teacher(run: Run):
   if mngr.latest_step() != int(state.step):  # a rerun may find it saved
     checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
   mngr.close()
+  # 'seconds': this process's training time (a resumed run's last leg).
   checkpoints.save_model(workdir, 0, state.ema_params,
-                         {'trained_steps': int(state.step)})
+                         {'trained_steps': int(state.step),
+                          'seconds': time.time() - start})
   run.writer.write_scalars(int(state.step),
                            {'train/minutes': (time.time() - start) / 60})
   run.write_samples(state.ema_params,
@@ -249,8 +262,8 @@ def distill(run: Run):
   step_fn = steps.compile_distill_step(
       steps.step_settings(config, 'distill', network=network,
                           optimizer=optimizer), run.mesh)
-  rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 2),
-                       run.replicated)
+  rng = steps.replicate(jax.random.fold_in(jax.random.key(config.seed), 2),
+                        run.mesh)
   mngr = checkpoints.manager(os.path.join(workdir, 'distill'),
                              max_to_keep=config.checkpoint.max_to_keep)
   for round_index, num_steps in enumerate(counts):
@@ -285,7 +298,8 @@ def distill(run: Run):
             mngr, o + int(s.step), s, m),
         step_offset=offset, total_steps=len(counts) * per_round)
     checkpoints.save_model(workdir, num_steps, state.ema_params,
-                           {'distill_steps': per_round})
+                           {'distill_steps': per_round,
+                            'seconds': time.time() - start})
     run.writer.write_scalars(offset + per_round, {
         'distill/round_minutes': (time.time() - start) / 60,
         'distill/num_sample_steps': num_steps})
@@ -328,13 +342,15 @@ def sample(run: Run, num_samples: Optional[int] = None) -> dict:
 
 
 def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
-  """Runs `mode` ('train' | 'distill' | 'sample' | 'all') in `workdir`."""
+  """Runs `mode` ('train' | 'distill' | 'sample' | 'eval' | 'all') in
+  `workdir`; 'all' is train, distill and sample."""
   if mode not in MODES:
     raise config_checks.ConfigError(
         f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
   run = Run(config, workdir)
   timings = {}
   phases = {'train': [train_teacher], 'distill': [distill], 'sample': [sample],
+            'eval': [evaluation.evaluate],
             'all': [train_teacher, distill, sample]}[mode]
   for phase in phases:
     start = time.time()

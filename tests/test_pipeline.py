@@ -1,6 +1,7 @@
 """End to end on the tiny config: train, distill two rounds, sample; resume
 after SIGKILL; data parallelism; no recompilation; bad input."""
 
+import json
 import logging
 import os
 import signal
@@ -15,29 +16,12 @@ import pytest
 from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import pipeline
-from diffusion_distillation import train_state as train_state_lib
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
-from tests.conftest import tiny_config
+from tests.conftest import assert_trees_close
 from tests.conftest import run_python
-
-
-
-
-def _params(workdir, num_sample_steps, config):
-  network = train_state_lib.build_network(config, dropout=0.0)
-  abstract = train_state_lib.abstract_params(network, config)
-  params, _ = checkpoints.load_model(workdir, abstract,
-                                     num_sample_steps=num_sample_steps)
-  return jax.tree_util.tree_map(np.asarray, params)
-
-
-def _assert_trees_equal(a, b, atol=1e-6):
-  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+from tests.conftest import saved_params
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +60,8 @@ def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   # Distillation moved the student away from its teacher.
   config = tiny_config()
-  teacher, student = _params(workdir, 0, config), _params(workdir, 1, config)
+  teacher = saved_params(workdir, 0, config)
+  student = saved_params(workdir, 1, config)
   diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
       jax.tree_util.tree_leaves(teacher), jax.tree_util.tree_leaves(student))]
   assert max(diffs) > 0
@@ -91,10 +76,10 @@ def test_no_recompilation_inside_or_across_rounds(trained_workdir):
 
 def test_rerun_of_a_finished_run_does_nothing(trained_workdir):
   workdir, _, _ = trained_workdir
-  before = _params(workdir, 1, tiny_config())
+  before = saved_params(workdir, 1, tiny_config())
   timings = pipeline.run_mode(tiny_config(), workdir, 'distill')
   assert timings['distill'] < 5
-  _assert_trees_equal(_params(workdir, 1, tiny_config()), before, atol=0)
+  assert_trees_close(saved_params(workdir, 1, tiny_config()), before, atol=0)
 
 
 def test_resume_after_sigkill_mid_round_matches_uninterrupted(
@@ -131,8 +116,9 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   assert result.returncode == 0, result.stderr[-3000:]
   assert checkpoints.saved_models(resumed) == [1, 2]
   for num_steps in (2, 1):
-    _assert_trees_equal(_params(resumed, num_steps, tiny_config(**overrides)),
-                        _params(reference, num_steps, tiny_config(**overrides)))
+    assert_trees_close(
+        saved_params(resumed, num_steps, tiny_config(**overrides)),
+        saved_params(reference, num_steps, tiny_config(**overrides)))
 
 
 _DATA_PARALLEL_SCRIPT = r'''
@@ -269,6 +255,52 @@ def test_command_line_errors_are_one_line(trained_workdir):
                        '--mode=fly'])
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: Unknown --mode='fly'; choose one of train, distill, sample, all.")
+      "error: Unknown --mode='fly'; choose one of train, distill, sample, eval, all.")
   assert 'Traceback' not in result.stderr
   assert _snapshot(workdir) == before
+
+
+def test_eval_mode_writes_every_figure(trained_workdir):
+  workdir, _, _ = trained_workdir
+  pipeline.run_mode(tiny_config(), workdir, 'eval')
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    results = json.load(f)
+  assert results['reference_network']['test_accuracy'] > 0.95
+  assert results['real_vs_real_count'] == 20
+  assert results['real_vs_real_fd'] > 0
+  entries = {row['name']: row for row in results['entries']}
+  assert set(entries) == {'teacher_ddim_1', 'teacher_ddim_4',
+                          'teacher_ancestral_4', 'student_1', 'student_2'}
+  for row in entries.values():
+    assert row['fd'] > 0 and 0 <= row['class_accuracy'] <= 1
+    assert 1 <= row['classifier_score'] <= 10
+    assert row['fidelity_to_reference']['mse'] > 0
+  assert entries['student_1']['distilled_from'] == 'student_2'
+  assert entries['student_2']['distilled_from'] == 'teacher_ddim_4'
+  for name in ('student_1', 'student_2'):
+    assert entries[name]['fidelity_to_teacher']['psnr'] > 0
+  assert entries['teacher_ddim_4']['fidelity_to_teacher'] is None
+  assert os.path.getsize(os.path.join(workdir, 'eval',
+                                      'fd_vs_steps.png')) > 1000
+
+
+def test_quality_benchmark_smoke_reuses_a_trained_workdir(trained_workdir,
+                                                          tmp_path):
+  workdir, _, _ = trained_workdir
+  result = run_python(['benchmarks/quality_vs_steps.py', '--smoke',
+                       f'--workdir={workdir}', f'--out={tmp_path}'])
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(tmp_path / 'quality_vs_steps_smoke.json') as f:
+    summary = json.load(f)
+  assert summary['variant'] == 'smoke' and summary['commit']
+  timings = summary['timings']
+  assert timings['teacher_seconds'] > 0
+  assert set(timings['distill_round_seconds']) == {'1', '2'}
+  # The tiny run distils 4 -> 1: no 4-step student, so those targets are
+  # reported as not measured rather than guessed.
+  targets = summary['targets']
+  assert targets['distilled_4_over_best_teacher_fd']['met'] is None
+  assert targets['distilled_1_over_best_teacher_fd']['measured'] > 0
+  assert len(summary['eval']['entries']) == 5
+  for suffix in ('png', 'md'):
+    assert (tmp_path / f'quality_vs_steps_smoke.{suffix}').stat().st_size > 0

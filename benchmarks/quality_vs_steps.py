@@ -1,0 +1,187 @@
+"""Sample quality against sampling steps on the bundled digits: the paper's
+figure, measured here.
+
+Trains a teacher on the digits (or reuses the one in --workdir), distills it
+down to 1 step, then runs --mode=eval (diffusion_distillation/evaluation.py)
+and writes every figure, the plot of FD against steps (distilled, undistilled
+DDIM, ancestral) and a Markdown table, with each phase's duration and the
+issue's targets checked against the measurements.
+
+  python benchmarks/quality_vs_steps.py            # configs/digits.py
+  python benchmarks/quality_vs_steps.py --quick    # a shorter budget
+  python benchmarks/quality_vs_steps.py --smoke    # configs/test.py, seconds
+
+Rerunning with the same --workdir reuses the trained models (their training
+times are read from the models' metadata) and only evaluates again.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+
+from diffusion_distillation import checkpoints
+from diffusion_distillation import config_checks
+from diffusion_distillation import evaluation
+from diffusion_distillation import pipeline
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CONFIGS = os.path.join(_HERE, '..', 'configs')
+
+_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_BUDGET = _ARGS.add_mutually_exclusive_group()
+_BUDGET.add_argument('--quick', action='store_true',
+                     help='shorter teacher, 16 -> 1 distillation, 500 samples')
+_BUDGET.add_argument('--smoke', action='store_true',
+                     help='the tiny test config: checks that the script runs')
+_ARGS.add_argument('--workdir', default=None,
+                   help='run directory (default: benchmarks/results/tmp/...)')
+_ARGS.add_argument('--out', default=None,
+                   help='where the JSON, PNG and Markdown go (default: '
+                   'benchmarks/results/; a temp dir with --smoke)')
+
+# The issue's targets: FD ratios are against the teacher's best DDIM FD over
+# its step counts; the time ratio is distillation (down to 4 steps) against
+# teacher training.
+TARGETS = {
+    'distilled_4_over_best_teacher_fd': ('<=', 1.5),
+    'distilled_1_over_best_teacher_fd': ('<=', 4.0),
+    'ddim_4_over_distilled_4_fd': ('>=', 3.0),
+    'distill_to_4_over_teacher_seconds': ('<=', 1.0),
+}
+
+
+def quick_overrides(config):
+  """A budget that runs in a few minutes on 2 CPU cores."""
+  config.train.num_steps = 600
+  config.distill.update(start_num_steps=16, steps_per_round=100)
+  config.sample.teacher_num_steps = 16
+  config.eval.update(num_samples=500, teacher_num_steps=(1, 2, 4, 8, 16, 64),
+                     ancestral_num_steps=(4, 16, 64), reference_num_steps=64)
+  return config
+
+
+def _git_commit() -> str:
+  try:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_HERE,
+                          capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def target_checks(results: dict, timings: dict) -> dict:
+  """Each target's measured value, threshold and whether it is met (None
+  when the run lacks a model the target needs)."""
+  fd = {}
+  for row in results['entries']:
+    curve = 'distilled' if row['model'] else row['sampler']
+    fd[(curve, row['num_steps'])] = row['fd']
+  teacher_fds = [v for (curve, _), v in fd.items() if curve == 'ddim']
+  best = min(teacher_fds) if teacher_fds else None
+
+  def ratio(a, b):
+    return None if a is None or not b else a / b
+
+  rounds = timings['distill_round_seconds']
+  to_4 = [s for n, s in rounds.items() if n >= 4]
+  if None in to_4:
+    to_4 = []
+  measured = {
+      'distilled_4_over_best_teacher_fd': ratio(fd.get(('distilled', 4)),
+                                                best),
+      'distilled_1_over_best_teacher_fd': ratio(fd.get(('distilled', 1)),
+                                                best),
+      'ddim_4_over_distilled_4_fd': ratio(fd.get(('ddim', 4)),
+                                          fd.get(('distilled', 4))),
+      'distill_to_4_over_teacher_seconds': ratio(
+          sum(to_4) if to_4 and 4 in rounds else None,
+          timings['teacher_seconds']),
+  }
+  checks = {}
+  for name, (direction, threshold) in TARGETS.items():
+    value = measured[name]
+    met = None if value is None else (
+        value <= threshold if direction == '<=' else value >= threshold)
+    checks[name] = {'measured': value, 'target': f'{direction} {threshold}',
+                    'met': met}
+  checks['best_teacher_fd'] = best
+  return checks
+
+
+def main(args):
+  variant = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
+  config = config_checks.base_config(os.path.join(_CONFIGS, 'digits.py'),
+                                     'test' if args.smoke else 'digits')
+  if args.quick:
+    config = config_checks.check_config(quick_overrides(config))
+  suffix = '' if variant == 'full' else f'_{variant}'
+  workdir = args.workdir or (
+      tempfile.mkdtemp(prefix='quality_smoke_') if args.smoke else
+      os.path.join(_HERE, 'results', 'tmp', f'quality_vs_steps{suffix}'))
+  out = args.out or (workdir if args.smoke else os.path.join(_HERE,
+                                                              'results'))
+
+  run = pipeline.Run(config, workdir)
+  wall = {}
+  for name, phase in (('teacher', pipeline.train_teacher),
+                      ('distill', pipeline.distill),
+                      ('eval', evaluation.evaluate)):
+    start = time.time()
+    result = phase(run)
+    wall[name] = time.time() - start
+    print(f'{name}: {wall[name]:.1f} s', flush=True)
+  results = result
+
+  models = checkpoints.saved_models(workdir)
+  timings = {
+      # Training times travel with the models, so a reused workdir still
+      # reports what its training cost.
+      # (None for models saved before the pipeline recorded it).
+      'teacher_seconds': checkpoints.model_meta(workdir, 0).get('seconds'),
+      'distill_round_seconds': {
+          n: checkpoints.model_meta(workdir, n).get('seconds')
+          for n in models if n > 0},
+      'eval_seconds': wall['eval'],
+      'this_run_seconds': wall,
+  }
+  summary = {
+      'variant': variant,
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'commit': _git_commit(),
+      'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores, '
+                 f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}',
+      'jax_version': jax.__version__,
+      'config': {'train_steps': config.train.num_steps,
+                 'distill': f'{config.distill.start_num_steps} -> '
+                            f'{config.distill.end_num_steps}, '
+                            f'{config.distill.steps_per_round} steps/round'},
+      'timings': timings,
+      'targets': target_checks(results, timings),
+      'eval': results,
+  }
+  os.makedirs(out, exist_ok=True)
+  stem = os.path.join(out, f'quality_vs_steps{suffix}')
+  evaluation.write_json(summary, stem + '.json')
+  evaluation.plot_fd_vs_steps(results, stem + '.png')
+  with open(stem + '.md', 'w') as f:
+    f.write(f'{summary["date"]}, commit {summary["commit"]}, '
+            f'{summary["machine"]}; {summary["config"]["distill"]}, teacher '
+            f'{summary["config"]["train_steps"]} steps.\n\n')
+    f.write(evaluation.markdown_table(results))
+  print(evaluation.markdown_table(results))
+  for name, check in summary['targets'].items():
+    print(f'{name}: {check}')
+  print(f'Wrote {stem}.json, .png and .md')
+  return summary
+
+
+if __name__ == '__main__':
+  main(_ARGS.parse_args(sys.argv[1:]))
