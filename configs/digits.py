@@ -9,6 +9,11 @@ offline on a laptop CPU.
 Hardware: 2 CPU cores. Time: about 15 minutes (teacher ~6 min, 6 rounds of
 distillation 64 -> 32 -> ... -> 1 steps, samples after each round). Result:
 sample grids per round in <workdir>/samples/, models in <workdir>/models/.
+
+Then `--mode=eval` on the same workdir (about 10 minutes) scores every model:
+measured FD 70.5 for the 4-step student against 70.2 for the teacher's best
+DDIM and 99.8 for undistilled 4-step DDIM (README, "Sample quality against
+steps").
 """
 
 import ml_collections
