@@ -29,15 +29,13 @@ step, 7.4 at 2, 3.9 at 4, 2.95 at 8, 2.55 at 512; the undistilled teacher
 with DDIM about 13.7 at 8 steps, 3.05 at 128 and 2.64 at 512.
 """
 
-import ml_collections
-
 from diffusion_distillation import config_checks
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-
+  # The CIFAR-10 recipe (optimizer, schedule, loss weighting, checkpoints,
+  # sampling) with ImageNet's data, network and batch.
+  config = config_checks.base_config(__file__, 'cifar10')
   config.dataset = dict(
       name='imagenet2012',  # tfds; 'train' split, 1,281,167 images
       class_conditional=True,
@@ -48,79 +46,29 @@ def get_config():
       manual_dir='',  # where the ImageNet tar files are (for `tfds build`)
       shuffle_buffer=50_000,  # examples; the release's
   )
-
-  config.model = dict(
-      # U-Net arguments, as in the release's `model.args`.
+  config.model.update(
       ch=192,
       emb_ch=768,
       ch_mult=(1, 2, 3, 4),
-      num_res_blocks=3,
       attn_resolutions=(8, 16, 32),
       num_heads=None,
       head_dim=64,  # heads = channels / 64
       dropout=0.1,  # the teacher's; students use distill.dropout
-      logsnr_input_type='inv_cos',  # 'inv_cos' | 'linear' | 'sigmoid'
-      resblock_resample=True,
-      num_groups=32,
-      # Diffusion.
       mean_type='both',  # 'eps' | 'x' | 'v' | 'both'
-      mean_loss_weight_type='snr_trunc',  # 'constant' | 'snr' | 'snr_trunc' | 'v_mse'
-      logsnr_schedule=dict(name='cosine', logsnr_min=-20.0, logsnr_max=20.0),
   )
-
-  config.adam = dict(  # shared by teacher training and distillation
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      grad_clip=1.0,  # by global norm, after averaging over devices
-  )
-
-  config.train = dict(  # the continuous-time teacher
+  config.train.update(
       # The release's configs give no length. 500,000 steps matches the
       # 10 x 50,000 steps of distillation (the paper: distillation takes no
       # longer than training the teacher).
       num_steps=500_000,
       batch_size=2048,
-      substeps=10,  # optimizer steps per dispatch (lax.scan)
       learning_rate=3e-4,
-      warmup_steps=1000,
       weight_decay=0.0,  # decoupled (AdamW)
-      ema_decay=0.9999,
-      skip_nonfinite_updates=False,
   )
-
-  config.distill = dict(
+  config.distill.update(
       start_num_steps=1024,  # the teacher's DDIM steps; first student has half
-      end_num_steps=1,
-      steps_per_round=50_000,
       batch_size=2048,
-      substeps=10,
       learning_rate=1e-4,  # decays linearly to 0 over each round
-      warmup_steps=0,
-      weight_decay=0.0,
-      ema_decay=0.0,  # the student is its own EMA
-      dropout=0.0,
-      # Where the first teacher comes from: '' uses this workdir's teacher;
-      # else a path to a workdir or to a model checkpoint directory.
-      teacher_checkpoint='',
   )
-
-  config.checkpoint = dict(
-      every_steps=0,  # 0: by time only, as the release
-      every_secs=900.0,
-      max_to_keep=2,  # periodic ones; every round's final model is kept
-  )
-
-  config.sample = dict(  # --mode=sample, and grids during training
-      num_samples=100,  # --config.sample.num_samples=50000 for FID
-      batch_size=512,  # a multiple of the device count
-      teacher_num_steps=1024,  # the release's eval_sampling_num_steps
-      sampler='ddim',  # 'ddim' | 'ancestral'
-      logvar_type='fixed_large',  # ancestral variance
-      clip_x=True,  # the release's eval_clip_denoised
-      labels=(),  # class labels to sample, cycled; empty = 0, 1, 2, ...
-      seed=1,
-  )
-
-  config.log_every_steps = 100
+  config.sample.batch_size = 512  # a multiple of the device count
   return config_checks.check_config(config)
