@@ -42,6 +42,19 @@ def as_path(path: str) -> epath.Path:
   return epath.Path(path if '://' in str(path) else os.path.abspath(path))
 
 
+def write_atomically(path, data):
+  """Writes str or bytes `data` to `path` (local or gs://) whole or not at
+  all: a temporary file renamed into place, so a crash never leaves a
+  truncated file behind."""
+  path = as_path(path)
+  tmp = path.parent / f'{path.name}.tmp'
+  if isinstance(data, str):
+    tmp.write_text(data)
+  else:
+    tmp.write_bytes(data)
+  tmp.replace(path)  # rename() refuses an existing file; a rerun overwrites
+
+
 def guard_run_config(workdir: str, config: ml_collections.ConfigDict):
   """Records the config in a new workdir; refuses a workdir of another run.
 
@@ -65,9 +78,7 @@ def guard_run_config(workdir: str, config: ml_collections.ConfigDict):
     return
   if jax.process_index() == 0:  # one writer; every process checks above
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / 'config.json.tmp'
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    tmp.rename(path)  # never a half-written config
+    write_atomically(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def manager(directory: str, *, max_to_keep: Optional[int]):

@@ -25,6 +25,7 @@ function would plug into metrics.batched_features the same way.
 """
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -87,7 +88,8 @@ def _fidelity(x, reference_x) -> dict:
   return {'mse': mse, 'psnr': psnr}
 
 
-def _check_can_evaluate(config, workdir):
+def _models_to_evaluate(config, workdir) -> list:
+  """The workdir's saved models; ConfigError when eval cannot run."""
   if 'eval' not in config:
     raise config_checks.ConfigError(
         'This config has no eval section; --mode=eval needs one (see '
@@ -98,18 +100,19 @@ def _check_can_evaluate(config, workdir):
         f'not {config.dataset.name!r}: FID on it needs InceptionV3 weights, '
         'which cannot be downloaded here; write samples with --mode=sample '
         'and score them with an FID evaluator.')
-  if not checkpoints.saved_models(workdir):
+  models = checkpoints.saved_models(workdir)
+  if not models:
     raise config_checks.ConfigError(
         f'No models in {workdir}/models to evaluate: run --mode=train (and '
         'distill) first.')
+  return models
 
 
 def evaluate(run) -> dict:
   """Scores every model of `run.workdir`; writes and returns the results."""
   config, workdir, settings = run.config, run.workdir, run.config.eval
-  _check_can_evaluate(config, workdir)
   start = time.time()
-  models = checkpoints.saved_models(workdir)
+  models = _models_to_evaluate(config, workdir)
   reference = reference_network.ReferenceNetwork()
   test, train = data.load_digits('test'), data.load_digits('train')
 
@@ -171,7 +174,7 @@ def evaluate(run) -> dict:
     rows.append(row)
 
   results = {
-      'workdir': os.path.abspath(workdir),
+      'workdir': str(checkpoints.as_path(workdir)),
       'dataset': config.dataset.name,
       'num_samples': settings.num_samples,
       'seed': settings.seed,
@@ -207,21 +210,19 @@ def _json_safe(value):
 
 def write_json(value, path: str):
   """Writes `value` as indented JSON, atomically (+inf becomes "inf")."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_json_safe(value), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  checkpoints.write_atomically(
+      path, json.dumps(_json_safe(value), indent=2, sort_keys=True))
 
 
 def write_results(results: dict, directory: str) -> dict:
-  """results.json, results.md and fd_vs_steps.png in `directory`."""
-  os.makedirs(directory, exist_ok=True)
-  paths = {name: os.path.join(directory, name)
+  """results.json, results.md and fd_vs_steps.png in `directory` (local or
+  gs://)."""
+  directory = checkpoints.as_path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  paths = {name: str(directory / name)
            for name in ('results.json', 'results.md', 'fd_vs_steps.png')}
   write_json(results, paths['results.json'])
-  with open(paths['results.md'] + '.tmp', 'w') as f:
-    f.write(markdown_table(results))
-  os.replace(paths['results.md'] + '.tmp', paths['results.md'])
+  checkpoints.write_atomically(paths['results.md'], markdown_table(results))
   plot_fd_vs_steps(results, paths['fd_vs_steps.png'])
   return paths
 
@@ -292,5 +293,6 @@ def plot_fd_vs_steps(results: dict, path: str):
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png')
-  os.replace(path + '.tmp.png', path)
+  png = io.BytesIO()
+  fig.savefig(png, format='png')
+  checkpoints.write_atomically(path, png.getvalue())

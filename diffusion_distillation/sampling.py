@@ -146,9 +146,7 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   paths = {}
   for suffix, buffer in (('npz', npz), ('png', png)):
     path = directory / f'{name}.{suffix}'
-    tmp = directory / f'{name}.tmp.{suffix}'
-    tmp.write_bytes(buffer.getvalue())
-    tmp.rename(path)  # a crash never leaves a truncated file behind
+    checkpoints.write_atomically(path, buffer.getvalue())
     paths[suffix] = str(path)
   return paths
 
