@@ -80,6 +80,9 @@ def get_config():
       warmup_steps=1000,
       weight_decay=1e-3,  # decoupled (AdamW)
       ema_decay=0.9999,
+      # 'constant' | 'warmup' | 'debias'. The release's constant decay: after
+      # 800,000 steps the initialisation's share is 0.9999^800000 = e^-80.
+      ema_schedule='constant',
       skip_nonfinite_updates=False,
   )
 
@@ -93,6 +96,7 @@ def get_config():
       warmup_steps=0,
       weight_decay=0.0,
       ema_decay=0.0,  # the student is its own EMA
+      ema_schedule='constant',  # unused without an EMA
       dropout=0.0,
       # Where the first teacher comes from: '' uses this workdir's teacher;
       # else a path to a workdir or to a model checkpoint directory.

@@ -15,6 +15,7 @@ import ml_collections
 from diffusion_distillation import data
 from diffusion_distillation import diffusion
 from diffusion_distillation import schedules
+from diffusion_distillation import train_state
 from diffusion_distillation import unet
 
 
@@ -92,6 +93,10 @@ def check_config(config: ml_collections.ConfigDict,
                     config.distill.end_num_steps)
   for section in ('train', 'distill'):
     check_batch(config[section].batch_size, num_devices, section)
+    try:
+      train_state.check_ema_schedule(config[section].ema_schedule)
+    except ValueError as e:
+      raise ConfigError(f'{section}: {e}') from None
     substeps = config[section].substeps
     num_steps = config[section].get('num_steps',
                                      config[section].get('steps_per_round'))

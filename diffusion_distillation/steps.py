@@ -37,8 +37,8 @@ def _apply_fn(network: unet.UNet, params, labels, *, train: bool,
 
 
 def _one_update(state, images, labels, rng, teacher_params, *, network,
-                optimizer, ema_decay, logsnr_schedule, mean_type, weighting,
-                skip_nonfinite, pmap_axis=None):
+                optimizer, ema_decay, ema_schedule, logsnr_schedule, mean_type,
+                weighting, skip_nonfinite, pmap_axis=None):
   """One optimizer step on one [B, ...] batch.
 
   Under jit with a mesh the mean over the global batch already averages the
@@ -75,8 +75,10 @@ def _one_update(state, images, labels, rng, teacher_params, *, network,
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state,
-      ema_params=train_state_lib.ema_update(state.ema_params, params,
-                                            ema_decay))
+      ema_params=train_state_lib.ema_update(
+          state.ema_params, params,
+          ema_decay if ema_decay == 0.0 else train_state_lib.ema_decay_at(
+              state.step + 1, decay=ema_decay, schedule=ema_schedule)))
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
@@ -136,6 +138,7 @@ def step_settings(config: ml_collections.ConfigDict, section: str, *,
   return dict(
       network=network, optimizer=optimizer,
       ema_decay=float(config[section].ema_decay),
+      ema_schedule=config[section].get('ema_schedule', 'constant'),
       logsnr_schedule=schedules.get_logsnr_schedule(**model.logsnr_schedule),
       mean_type=model.mean_type, weighting=model.mean_loss_weight_type,
       skip_nonfinite=bool(config[section].get('skip_nonfinite_updates',

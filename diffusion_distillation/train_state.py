@@ -83,9 +83,44 @@ def make_optimizer(config: ml_collections.ConfigDict, section: str, *,
   return optax.chain(*transforms)
 
 
-def ema_update(ema_params, params, decay: float):
-  """Exponential moving average; decay 0 copies the parameters."""
-  if decay == 0.0:
+EMA_SCHEDULES = ('constant', 'warmup', 'debias')
+
+
+def ema_decay_at(update: jnp.ndarray, *, decay: float, schedule: str):
+  """The EMA decay of the `update`-th update (1, 2, ...), traced or not.
+
+  'constant': `decay` from the first update, as the release; the EMA starts
+    at the initial parameters, which keep a share decay^n after n updates.
+  'warmup': min(decay, (n - 1) / (n + 9)): the first update copies the
+    parameters, then the averaging window grows like n / 10 until it reaches
+    1 / (1 - decay).
+  'debias': the bias-corrected EMA (as Adam's moments): an EMA started at
+    zero divided by 1 - decay^n, written as the per-update decay
+    decay (1 - decay^(n-1)) / (1 - decay^n). The first update copies too.
+  """
+  check_ema_schedule(schedule)
+  n = jnp.asarray(update, jnp.float32)
+  if schedule == 'constant' or decay == 0.0:
+    return jnp.asarray(decay, jnp.float32)
+  if schedule == 'warmup':
+    return jnp.minimum(decay, (n - 1.0) / (n + 9.0))
+  # -expm1(n log d) = 1 - d^n without cancelling when d is near 1.
+  log_decay = jnp.log(jnp.asarray(decay, jnp.float32))
+  return decay * jnp.expm1((n - 1.0) * log_decay) / jnp.expm1(n * log_decay)
+
+
+def check_ema_schedule(schedule: str):
+  if schedule not in EMA_SCHEDULES:
+    raise ValueError(f'Unknown ema_schedule {schedule!r}; choose one of '
+                     f'{EMA_SCHEDULES}.')
+
+
+def ema_update(ema_params, params, decay):
+  """Exponential moving average; a Python 0 (no EMA) copies the parameters.
+
+  `decay` may be traced (a schedule's value at the current step).
+  """
+  if isinstance(decay, float) and decay == 0.0:
     return params
   return jax.tree_util.tree_map(
       lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
