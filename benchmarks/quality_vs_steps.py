@@ -7,9 +7,9 @@ and writes every figure, the plot of FD against steps (distilled, undistilled
 DDIM, ancestral) and a Markdown table, with each phase's duration and the
 issue's targets checked against the measurements.
 
-  python benchmarks/quality_vs_steps.py            # configs/digits.py
-  python benchmarks/quality_vs_steps.py --quick    # a shorter budget
-  python benchmarks/quality_vs_steps.py --smoke    # configs/test.py, seconds
+  python -m benchmarks.quality_vs_steps            # configs/digits.py
+  python -m benchmarks.quality_vs_steps --quick    # a shorter budget
+  python -m benchmarks.quality_vs_steps --smoke    # configs/test.py, seconds
 
 Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
@@ -26,13 +26,15 @@ import time
 
 import jax
 
+from configs import digits
+from configs import test as test_config
 from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import evaluation
+from diffusion_distillation import files
 from diffusion_distillation import pipeline
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIGS = os.path.join(_HERE, '..', 'configs')
 
 _ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 _BUDGET = _ARGS.add_mutually_exclusive_group()
@@ -81,7 +83,7 @@ def target_checks(results: dict, timings: dict) -> dict:
   when the run lacks a model the target needs)."""
   fd = {}
   for row in results['entries']:
-    curve = 'distilled' if row['model'] else row['sampler']
+    curve = 'distilled' if row['model_steps'] else row['method']
     fd[(curve, row['num_steps'])] = row['fd']
   teacher_fds = [v for (curve, _), v in fd.items() if curve == 'ddim']
   best = min(teacher_fds) if teacher_fds else None
@@ -117,8 +119,7 @@ def target_checks(results: dict, timings: dict) -> dict:
 
 def main(args):
   variant = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
-  config = config_checks.base_config(os.path.join(_CONFIGS, 'digits.py'),
-                                     'test' if args.smoke else 'digits')
+  config = test_config.get_config() if args.smoke else digits.get_config()
   if args.quick:
     config = config_checks.check_config(quick_overrides(config))
   suffix = '' if variant == 'full' else f'_{variant}'
@@ -129,6 +130,7 @@ def main(args):
                                                               'results'))
 
   run = pipeline.Run(config, workdir)
+  run.record_config()
   wall = {}
   for name, phase in (('teacher', pipeline.train_teacher),
                       ('distill', pipeline.distill),
@@ -169,7 +171,7 @@ def main(args):
   }
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, f'quality_vs_steps{suffix}')
-  evaluation.write_json(summary, stem + '.json')
+  files.write_json(summary, stem + '.json')
   evaluation.plot_fd_vs_steps(results, stem + '.png')
   with open(stem + '.md', 'w') as f:
     f.write(f'{summary["date"]}, commit {summary["commit"]}, '

@@ -13,36 +13,30 @@ is reported (train and distill step; forward and sample) are timed in turns,
 so that a shared machine's changing load slows both alike; the matmul peak is
 the best of runs before and after each model.
 
-  python benchmarks/throughput.py [--smoke] [--out=PATH] [--iters=5] ...
+  python -m benchmarks.throughput [--smoke] [--out=PATH] [--iters=5] ...
 
 Writes benchmarks/results/throughput.json (a temporary file with --smoke).
 """
 
 import argparse
-import datetime
 import gc
-import importlib.metadata
+import importlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from diffusion_distillation import config_checks
+from benchmarks import timing
+from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation import steps
-from diffusion_distillation import train_state as ts
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIGS = os.path.join(REPO, 'configs')
+from diffusion_distillation import sharding
+from diffusion_distillation import train_state as train_state_lib
 
 _ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 _ARGS.add_argument('--smoke', action='store_true',
@@ -87,32 +81,9 @@ _TARGET_DISTILL_OVER_TRAIN = 1.8
 _TARGET_SAMPLER_OVERHEAD = 1.1
 
 
-_START = time.perf_counter()
-
-
-def _progress(message: str):
-  print(f'[{time.perf_counter() - _START:6.1f} s] {message}', flush=True)
-
-
-def _cifar10_config(load):
-  """(config, source): configs/cifar10.py where it exists, else the digits
-  config with the paper's CIFAR-10 network (REFERENCE section 8)."""
-  if os.path.exists(os.path.join(_CONFIGS, 'cifar10.py')):
-    return load('cifar10'), 'configs/cifar10.py'
-  config = load('digits')
-  config.dataset.update(image_size=32, channels=3, class_conditional=False)
-  config.model.update(ch=256, emb_ch=1024, ch_mult=(1, 1, 1),
-                      num_res_blocks=3, attn_resolutions=(8, 16), num_heads=1,
-                      head_dim=None, num_groups=32, dropout=0.2,
-                      mean_type='x')
-  config.distill.dropout = 0.0
-  return config, 'configs/digits.py with the CIFAR-10 network of the paper'
-
-
 def _model_specs(args) -> dict:
   """{name: dict(config, source, batch, sample_batch, max_sample_steps)}."""
-  load = lambda name: config_checks.base_config(
-      os.path.join(_CONFIGS, f'{name}.py'), name)
+  load = lambda name: importlib.import_module(f'configs.{name}').get_config()
   specs = {}
   for name in args.models.split(','):
     if name == 'digits':
@@ -128,7 +99,7 @@ def _model_specs(args) -> dict:
                          sample_batch=args.digits_sample_batch,
                          max_sample_steps=args.digits_sample_steps)
     elif name == 'cifar10':
-      config, source = _cifar10_config(load)
+      config, source = load('cifar10'), 'configs/cifar10.py'
       specs[name] = dict(config=config, source=source, batch=args.cifar_batch,
                          sample_batch=args.cifar_sample_batch,
                          max_sample_steps=args.cifar_sample_steps)
@@ -144,62 +115,6 @@ def _model_specs(args) -> dict:
   return specs
 
 
-def _init_fn(config, network, mesh):
-  """A jitted key -> freshly initialised parameters, replicated."""
-  return jax.jit(lambda r: ts.init_params(network, config, r),
-                 out_shardings=steps.replicated(mesh))
-
-
-def _build_step(spec: dict, kind: str, mesh):
-  """The step of `kind` ('train' | 'distill'), compiled as the pipeline does.
-
-  Returns (jitted step, make_args, images per call): make_args() builds
-  fresh buffers (state, the arguments after the state), so that they can be
-  freed and built again without tracing anything again.
-  """
-
-  config, batch_size = spec['config'], spec['batch']
-  replicated = steps.replicated(mesh)
-  dropout = config.model.dropout if kind == 'train' else config.distill.dropout
-  network = ts.build_network(config, dropout=dropout)
-  optimizer = ts.make_optimizer(
-      config, kind,
-      decay_steps=config.distill.steps_per_round if kind == 'distill' else 0)
-  settings = steps.step_settings(config, kind, network=network,
-                                 optimizer=optimizer)
-  init = _init_fn(config, network, mesh)
-  num_sample_steps = (config.distill.start_num_steps // 2
-                      if kind == 'distill' else 0)
-  substeps = config[kind].substeps
-  size, channels = config.dataset.image_size, config.dataset.channels
-  num_classes = (config.dataset.num_classes
-                 if config.dataset.class_conditional else 1)
-
-  def make_args():
-    params = init(jax.random.key(config.seed))
-    # As pipeline.Run.fresh_state: buffers of its own (the step donates
-    # them), placed exactly as the step returns them.
-    own = lambda tree: jax.tree_util.tree_map(
-        lambda a: jnp.array(a, copy=True), tree)
-    state = ts.create_state(own(params), optimizer,
-                            num_sample_steps=num_sample_steps)
-    state = jax.device_put(state.replace(ema_params=own(params)), replicated)
-    # Timing does not depend on pixel values, so a synthetic batch stands in
-    # for data (CIFAR-10 is not available offline).
-    host_rng = np.random.default_rng(0)
-    images = host_rng.uniform(-1, 1, (substeps, batch_size, size, size,
-                                      channels)).astype(np.float32)
-    labels = host_rng.integers(0, num_classes, (substeps, batch_size),
-                               dtype=np.int32)
-    batch = steps.device_batch(images, labels, mesh)
-    rng = jax.device_put(jax.random.key(1), replicated)
-    return state, ((batch, rng) if kind == 'train' else (params, batch, rng))
-
-  compile_step = (steps.compile_train_step if kind == 'train' else
-                  steps.compile_distill_step)
-  return compile_step(settings, mesh), make_args, substeps * batch_size
-
-
 def _tree_bytes(tree) -> int:
   return sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
 
@@ -207,8 +122,9 @@ def _tree_bytes(tree) -> int:
 def _state_bytes(spec: dict, kind: str) -> dict:
   """What the state of a `kind` step holds, from the abstract state."""
   config = spec['config']
-  network = ts.build_network(config, dropout=0.0)
-  state = ts.abstract_state(network, config, ts.make_optimizer(config, kind))
+  network = network_lib.build_network(config, dropout=0.0)
+  state = train_state_lib.abstract_state(
+      network, config, train_state_lib.make_optimizer(config, kind))
   held = {'params': _tree_bytes(state.params),
           'opt_state': _tree_bytes(state.opt_state),
           'ema_params': _tree_bytes(state.ema_params)}
@@ -216,15 +132,6 @@ def _state_bytes(spec: dict, kind: str) -> dict:
     held['teacher_params'] = _tree_bytes(state.params)
   held['total'] = sum(held.values())
   return held
-
-
-def _proc_status_bytes(field: str) -> int:
-  """VmRSS / VmHWM of this process in bytes (Linux)."""
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(field + ':'):
-        return int(line.split()[1]) * 1024
-  raise RuntimeError(f'{field} not in /proc/self/status')
 
 
 def _memory_probe(args):
@@ -235,22 +142,21 @@ def _memory_probe(args):
   buffers are built anew and the peak is taken over two calls of the step.
   """
   model, kind = args.memory_probe.split(':')
-  step_fn, make_args, _ = _build_step(_model_specs(args)[model], kind,
-                                      steps.make_mesh())
-  state, rest = make_args()
-  jax.block_until_ready(step_fn(state, *rest))  # compiles or loads
-  del state, rest
+  spec = _model_specs(args)[model]
+  mesh = sharding.make_mesh()
+  step = timing.PreparedStep(spec['config'], kind, mesh,
+                             batch_size=spec['batch'])  # compiles or loads
+  del step
   gc.collect()
-  rss_runtime = _proc_status_bytes('VmRSS')
-  state, rest = make_args()
-  jax.block_until_ready((state, rest))
-  rss_with_state = _proc_status_bytes('VmRSS')
+  rss_runtime = timing.proc_status_bytes('VmRSS')
+  step = timing.PreparedStep(spec['config'], kind, mesh,
+                             batch_size=spec['batch'])
+  rss_with_state = timing.proc_status_bytes('VmRSS')
   with open('/proc/self/clear_refs', 'w') as f:
     f.write('5')  # resets VmHWM, the peak RSS
   for _ in range(2):
-    state, metrics = step_fn(state, *rest)
-    jax.block_until_ready((state, metrics))
-  peak_step = _proc_status_bytes('VmHWM')
+    jax.block_until_ready(step.call())
+  peak_step = timing.proc_status_bytes('VmHWM')
   report = {
       'rss_runtime_bytes': rss_runtime,
       'rss_with_state_bytes': rss_with_state,
@@ -273,95 +179,32 @@ def _run_memory_probe(model: str, kind: str, cache_dir: str) -> dict:
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
              MALLOC_MMAP_THRESHOLD_='65536')
   result = subprocess.run(
-      [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] +
+      [sys.executable, '-m', 'benchmarks.throughput'] + sys.argv[1:] +
       [f'--memory_probe={model}:{kind}'],
-      env=env, capture_output=True, text=True, check=False)
+      cwd=timing.REPO, env=env, capture_output=True, text=True, check=False)
   if result.returncode:
     raise RuntimeError(f'memory probe {model}:{kind} failed:\n'
                        f'{result.stderr[-4000:]}')
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _flops(compiled) -> float:
-  """FLOPs of a compiled executable from XLA's cost analysis."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per device
-    cost = cost[0]
-  return float(cost['flops'])
-
-
-def _xla_memory(compiled) -> dict:
-  stats = compiled.memory_analysis()
-  return {name: int(getattr(stats, f'{name}_size_in_bytes'))
-          for name in ('argument', 'output', 'alias', 'temp')}
-
-
-def _interleaved_seconds(calls: list, rounds: int) -> dict:
-  """{name: wall seconds of each call}, the calls taken in turns.
-
-  calls: [(name, fn)], names may repeat. Taking turns makes a change in the
-  machine's load (other work shares it) slow every call alike, so that the
-  ratios between them hold.
-  """
-  times = {}
-  for _ in range(rounds):
-    for name, fn in calls:
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times.setdefault(name, []).append(time.perf_counter() - start)
-  return times
-
-
-def _matmul(size: int, dtype: str):
-  """A compiled, warmed-up size x size matmul: () -> result."""
-  a, b = (jax.random.normal(k, (size, size), dtype)
-          for k in jax.random.split(jax.random.key(0)))
-  matmul = jax.jit(jnp.matmul)
-  for _ in range(2):
-    jax.block_until_ready(matmul(a, b))
-  return lambda: matmul(a, b)
-
-
-def _prepare_step(spec: dict, kind: str, mesh) -> dict:
-  """Compiles and warms up one step kind; its FLOPs and XLA memory plan."""
-  step_fn, make_args, images = _build_step(spec, kind, mesh)
-  state, rest = make_args()
-  start = time.perf_counter()
-  compiled = step_fn.lower(state, *rest).compile()  # shared with the calls
-  compile_seconds = time.perf_counter() - start
-  # Two untimed calls: a second compile (output placement differing from the
-  # input's) would show here, not in the timings.
-  for _ in range(2):
-    state, _ = step_fn(state, *rest)
-  jax.block_until_ready(state)
-  holder = {'state': state}
-
-  def call():
-    holder['state'], metrics = step_fn(holder['state'], *rest)
-    return holder['state'], metrics
-
-  return {'call': call, 'images_per_call': images,
-          'compile_seconds': compile_seconds, 'flops': _flops(compiled),
-          'xla_memory_bytes': _xla_memory(compiled)}
-
-
 def _measure_steps(spec: dict, mesh, args) -> dict:
   """Images/s and FLOPs of train_step and distill_step, timed in turns."""
-  prepared = {kind: _prepare_step(spec, kind, mesh)
+  prepared = {kind: timing.PreparedStep(spec['config'], kind, mesh,
+                                       batch_size=spec['batch'])
               for kind in ('train', 'distill')}
-  times = _interleaved_seconds(
-      [(kind, p['call']) for kind, p in prepared.items()], args.iters)
+  times = timing.interleaved_seconds(
+      [(kind, p.call) for kind, p in prepared.items()], args.iters)
   result = {}
   for kind, p in prepared.items():
-    seconds, images, flops = (statistics.median(times[kind]),
-                              p['images_per_call'], p['flops'])
+    seconds, images = statistics.median(times[kind]), p.images_per_call
     result[f'{kind}_step'] = {
         'seconds_median': seconds, 'seconds_all': times[kind],
         'images_per_call': images, 'images_per_sec': images / seconds,
-        'compile_seconds': p['compile_seconds'],
-        'flops': flops, 'flops_per_image': flops / images,
-        'flops_per_sec': flops / seconds,
-        'xla_memory_bytes': p['xla_memory_bytes'],
+        'compile_seconds': p.compile_seconds,
+        'flops': p.flops, 'flops_per_image': p.flops / images,
+        'flops_per_sec': p.flops / seconds,
+        'xla_memory_bytes': p.xla_memory_bytes,
     }
   return result
 
@@ -369,12 +212,12 @@ def _measure_steps(spec: dict, mesh, args) -> dict:
 def _measure_sampling(spec: dict, params, mesh, args) -> dict:
   """Forward time, DDIM sample times, overhead and the student's speed-up."""
   config, batch_size = spec['config'], spec['sample_batch']
-  network = ts.build_network(config, dropout=0.0)  # as the pipeline samples
-  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  network = network_lib.build_network(config, dropout=0.0)  # as sampling
+  shard = sharding.sample_sharding(mesh)
   forward = jax.jit(
       lambda p, z, logsnr, y: network.apply({'params': p}, z, logsnr, y,
                                             train=False),
-      in_shardings=(steps.replicated(mesh), shard, shard, shard),
+      in_shardings=(sharding.replicated(mesh), shard, shard, shard),
       out_shardings=shard)
   sampler = sampling.Sampler(network, config, mesh)
   labels = sampling.sample_labels_for(config, batch_size)
@@ -391,7 +234,7 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
         params, num_steps=n, num_samples=batch_size, labels=labels)
     run()  # compiles this step count
     calls += [('forward', run_forward), (num_steps, run)]
-  times = _interleaved_seconds(calls, args.sample_iters)
+  times = timing.interleaved_seconds(calls, args.sample_iters)
   forward_seconds = statistics.median(times.pop('forward'))
   sample_seconds = {n: statistics.median(t) for n, t in times.items()}
   overhead = {n: s / (n * forward_seconds) for n, s in sample_seconds.items()}
@@ -405,7 +248,7 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
   student_seconds = sample_seconds[args.student_steps]
   return {
       'forward': {'batch_size': batch_size, 'seconds_median': forward_seconds,
-                  'flops': _flops(compiled)},
+                  'flops': timing.flops(compiled)},
       'sampling': {
           'batch_size': batch_size,
           'seconds': {str(n): s for n, s in sample_seconds.items()},
@@ -427,8 +270,8 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
 
 def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
   config = spec['config']
-  network = ts.build_network(config, dropout=0.0)
-  abstract = ts.abstract_params(network, config)
+  network = network_lib.build_network(config, dropout=0.0)
+  abstract = network_lib.abstract_params(network, config)
   result = {
       'config': spec['source'],
       'parameters': sum(a.size for a in jax.tree_util.tree_leaves(abstract)),
@@ -436,7 +279,7 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
           config.dataset.channels],
       'batch_size': spec['batch'], 'substeps': config.train.substeps,
   }
-  _progress(f'{name}: timing train_step and distill_step in turns')
+  timing.progress(f'{name}: timing train_step and distill_step in turns')
   result.update(_measure_steps(spec, mesh, args))
   train, distill = result['train_step'], result['distill_step']
   result['distill_over_train'] = {
@@ -446,11 +289,13 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
       'ideal': _IDEAL_DISTILL_OVER_TRAIN,
       'target_max': _TARGET_DISTILL_OVER_TRAIN,
   }
-  _progress(f'{name}: timing the forward and the sampler in turns')
-  params = _init_fn(config, network, mesh)(jax.random.key(config.seed))
+  timing.progress(f'{name}: timing the forward and the sampler in turns')
+  params = jax.jit(
+      lambda key: network_lib.init_params(network, config, key),
+      out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
   result.update(_measure_sampling(spec, params, mesh, args))
   for kind in ('train', 'distill'):
-    _progress(f'{name}: memory of {kind}_step (fresh process)')
+    timing.progress(f'{name}: memory of {kind}_step (fresh process)')
     memory = _run_memory_probe(name, kind, cache_dir)
     memory['state_bytes'] = _state_bytes(spec, kind)
     held = memory.get('device_peak_bytes',
@@ -458,28 +303,6 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
     memory['peak_over_state'] = held / memory['state_bytes']['total']
     result[f'{kind}_step']['memory'] = memory
   return result
-
-
-def _machine() -> dict:
-  cpu = platform.processor()
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f
-               if l.startswith('model name')]
-    cpu = names[0] if names else cpu
-  return {
-      'platform': platform.platform(), 'python': platform.python_version(),
-      'cpu': cpu, 'cpu_count': os.cpu_count(),
-      'memory_bytes': os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'),
-      'backend': jax.default_backend(),
-      'devices': [d.device_kind for d in jax.devices()],
-  }
-
-
-def _git(*command) -> str:
-  result = subprocess.run(['git', '-C', REPO] + list(command),
-                          capture_output=True, text=True, check=False)
-  return result.stdout.strip() if result.returncode == 0 else ''
 
 
 def _summary(report: dict) -> str:
@@ -532,7 +355,7 @@ def main(args):
     return
   out = args.out or (
       os.path.join(tempfile.mkdtemp(), 'throughput.json') if args.smoke else
-      os.path.join(REPO, 'benchmarks', 'results', 'throughput.json'))
+      os.path.join(timing.RESULTS, 'throughput.json'))
   with tempfile.TemporaryDirectory() as own_cache:
     # The memory probes load the executables this process compiles.
     cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR', own_cache)
@@ -542,17 +365,17 @@ def main(args):
     backend = jax.default_backend()
     dtypes = (args.matmul_dtypes.split(',') if args.matmul_dtypes else
               ['float32'] if backend == 'cpu' else ['float32', 'bfloat16'])
-    matmuls = [(d, _matmul(args.matmul_size, d)) for d in dtypes]
+    matmuls = [(d, timing.matmul(args.matmul_size, d)) for d in dtypes]
     matmul_runs = []  # before and after each model: the best is the peak
 
     def time_matmul():
-      _progress('timing the matmul peak')
-      times = _interleaved_seconds(matmuls, args.iters)
+      timing.progress('timing the matmul peak')
+      times = timing.interleaved_seconds(matmuls, args.iters)
       matmul_runs.append({d: 2 * args.matmul_size**3 / statistics.median(t)
                           for d, t in times.items()})
 
     time_matmul()
-    mesh = steps.make_mesh()
+    mesh = sharding.make_mesh()
     models = {}
     for name, spec in _model_specs(args).items():
       models[name] = _measure_model(name, spec, mesh, args, cache_dir)
@@ -564,13 +387,7 @@ def main(args):
       model[kind]['fraction_of_matmul'] = {
           d: model[kind]['flops_per_sec'] / p for d, p in peak.items()}
   report = {
-      'date': datetime.datetime.now().astimezone().isoformat(
-          timespec='seconds'),
-      'machine': _machine(),
-      'jax_version': jax.__version__,
-      'jaxlib_version': importlib.metadata.version('jaxlib'),
-      'git_commit': _git('rev-parse', '--short', 'HEAD'),
-      'git_dirty': bool(_git('status', '--porcelain')),
+      **timing.provenance(),
       'smoke': args.smoke,
       'settings': {k: v for k, v in vars(args).items()
                    if k not in ('out', 'memory_probe')},

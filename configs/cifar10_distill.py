@@ -27,9 +27,9 @@ update). Result (FID, 50,000 samples, paper): 9.12 at 1 step, 4.51 at 2,
 3.00 at 4, 2.57 at 8.
 """
 
-from diffusion_distillation import config_checks
+from configs import cifar10
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'cifar10')
-  return config_checks.check_config(config)
+  config = cifar10.get_config()
+  return config

@@ -16,15 +16,11 @@ DDIM and 99.8 for undistilled 4-step DDIM (README, "Sample quality against
 steps").
 """
 
-import ml_collections
-
-from diffusion_distillation import config_checks
+from configs import common
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-
+  config = common.get_config()
   config.dataset = dict(
       name='digits',  # in-memory, bundled with scikit-learn
       class_conditional=True,
@@ -32,88 +28,49 @@ def get_config():
       image_size=8,
       channels=1,
   )
-
-  config.model = dict(
-      # U-Net arguments, as in the release's `model.args`.
+  config.model.update(
       ch=32,
       emb_ch=128,
       ch_mult=(1, 2),
       num_res_blocks=1,
       attn_resolutions=(4,),
-      num_heads=1,
-      head_dim=None,
-      dropout=0.1,  # the teacher's; students use distill.dropout
-      logsnr_input_type='inv_cos',  # 'inv_cos' | 'linear' | 'sigmoid'
-      resblock_resample=True,
+      dropout=0.1,
       num_groups=8,
-      # Diffusion.
-      # 'eps' | 'x' | 'v' | 'both'. 'v' here: with 1,500 teacher steps an
-      # x-predicting teacher (the CIFAR-10 choice) still had gradient norms of
-      # 20-165 and left speckled backgrounds; 'v' trained at norms of 0.2-0.4
-      # and gave clean digits (same seed, same budget).
+      # 'v' here: with 1,500 teacher steps an x-predicting teacher (the
+      # CIFAR-10 choice) still had gradient norms of 20-165 and left speckled
+      # backgrounds; 'v' trained at norms of 0.2-0.4 and gave clean digits
+      # (same seed, same budget).
       mean_type='v',
-      mean_loss_weight_type='snr_trunc',  # 'constant' | 'snr' | 'snr_trunc' | 'v_mse'
-      logsnr_schedule=dict(name='cosine', logsnr_min=-20.0, logsnr_max=20.0),
   )
-
-  config.adam = dict(  # shared by teacher training and distillation
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      grad_clip=1.0,  # by global norm, after averaging over devices
-  )
-
-  config.train = dict(  # the continuous-time teacher
+  config.train.update(
       num_steps=1500,
       batch_size=128,
-      # Optimizer steps per dispatch (lax.scan). On CPU the scan is unrolled
-      # (see steps.py) and a dispatch costs little, so 1 compiles fastest.
+      # On CPU the substeps are traced one after another (see steps.py) and
+      # a dispatch costs little, so 1 compiles fastest.
       substeps=1,
       learning_rate=2e-3,
       warmup_steps=100,
-      weight_decay=0.0,  # decoupled (AdamW)
-      ema_decay=0.999,  # 0 copies the parameters
-      # 'constant' | 'warmup' | 'debias'. With 'constant' (the release) 22% of
-      # the EMA was still the random initialisation after 1,500 steps
-      # (0.999^1500), and its samples were worse than the raw parameters'.
+      ema_decay=0.999,
+      # With 'constant' (the release) 22% of the EMA was still the random
+      # initialisation after 1,500 steps (0.999^1500), and its samples were
+      # worse than the raw parameters'.
       ema_schedule='warmup',
-      skip_nonfinite_updates=False,
   )
-
-  config.distill = dict(
-      start_num_steps=64,  # the teacher's DDIM steps; first student has half
-      end_num_steps=1,
+  config.distill.update(
+      start_num_steps=64,
       steps_per_round=200,
       batch_size=128,
       substeps=1,
-      learning_rate=5e-4,  # decays linearly to 0 over each round
-      warmup_steps=0,
-      weight_decay=0.0,
-      ema_decay=0.0,
-      ema_schedule='constant',  # unused without an EMA
-      dropout=0.0,
-      # Where the first teacher comes from: '' uses this workdir's teacher;
-      # else a path to a workdir or to a model checkpoint directory.
-      teacher_checkpoint='',
+      learning_rate=5e-4,
   )
-
-  config.checkpoint = dict(
+  config.checkpoint.update(
       every_steps=500,  # 0 disables; checkpoints also land every_secs
       every_secs=300.0,
-      max_to_keep=2,  # periodic ones; every round's final model is kept
   )
-
-  config.sample = dict(  # --mode=sample, and grids during training
-      num_samples=100,
+  config.sample.update(
       batch_size=100,
-      teacher_num_steps=64,  # DDIM steps for the continuous-time teacher
-      sampler='ddim',  # 'ddim' | 'ancestral'
-      logvar_type='fixed_large',  # ancestral variance
-      clip_x=True,
-      labels=(),  # class labels to sample; empty = 0, 1, 2, ...
-      seed=1,
+      teacher_num_steps=64,
   )
-
   config.eval = dict(  # --mode=eval; see diffusion_distillation/evaluation.py
       num_samples=1000,  # per entry; the FD floor uses as many real images
       batch_size=500,
@@ -122,6 +79,4 @@ def get_config():
       ancestral_num_steps=(4, 8, 16, 32, 64, 128, 256),
       reference_num_steps=256,  # "the teacher with many steps" for fidelity
   )
-
-  config.log_every_steps = 100
-  return config_checks.check_config(config)
+  return config

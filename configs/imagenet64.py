@@ -1,7 +1,7 @@
 """ImageNet 64x64, class-conditional: the paper's teacher and its distillation.
 
 Every value follows Google's released `imagenet64_base.py` /
-`imagenet64_distill.py` (REFERENCE.md sections 8-10). ImageNet cannot be
+`imagenet64_distill.py` (network, optimizer, rounds, preprocessing). ImageNet cannot be
 downloaded by tfds: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
 (from https://image-net.org, registration needed) in a directory and prepare
 it once; then train the teacher and distill it 1024 -> 512 -> ... -> 1
@@ -29,13 +29,13 @@ step, 7.4 at 2, 3.9 at 4, 2.95 at 8, 2.55 at 512; the undistilled teacher
 with DDIM about 13.7 at 8 steps, 3.05 at 128 and 2.64 at 512.
 """
 
-from diffusion_distillation import config_checks
+from configs import cifar10
 
 
 def get_config():
   # The CIFAR-10 recipe (optimizer, schedule, loss weighting, checkpoints,
   # sampling) with ImageNet's data, network and batch.
-  config = config_checks.base_config(__file__, 'cifar10')
+  config = cifar10.get_config()
   config.dataset = dict(
       name='imagenet2012',  # tfds; 'train' split, 1,281,167 images
       class_conditional=True,
@@ -71,4 +71,4 @@ def get_config():
       learning_rate=1e-4,  # decays linearly to 0 over each round
   )
   config.sample.batch_size = 512  # a multiple of the device count
-  return config_checks.check_config(config)
+  return config

@@ -29,10 +29,10 @@ Time: not reported. Result (FID, 50,000 samples, paper's figure): about 16
 at 1 step, 7.4 at 2, 3.9 at 4, 2.95 at 8.
 """
 
-from diffusion_distillation import config_checks
+from configs import imagenet64
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'imagenet64')
+  config = imagenet64.get_config()
   config.checkpoint.every_secs = 1500.0
-  return config_checks.check_config(config)
+  return config

@@ -1,7 +1,7 @@
 """LSUN bedroom 128x128, unconditional: the paper's teacher and distillation.
 
 Every value follows Google's released `bedroom128_base.py` /
-`bedroom128_distill.py` (REFERENCE.md sections 8-10). The paper trains
+`bedroom128_distill.py` (network, optimizer, rounds, preprocessing). The paper trains
 ImageNet 64 and LSUN with one recipe (optimizer, batch 2048, 1024 -> 1
 steps in rounds of 50,000), so this config starts from
 `configs/imagenet64.py` and changes the data and the network. Prepare the
@@ -26,11 +26,11 @@ Result: the paper reports LSUN FIDs in a figure only (no table); expect
 distilled 4- to 8-step samples close to the teacher's 1024-step DDIM ones.
 """
 
-from diffusion_distillation import config_checks
+from configs import imagenet64
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'imagenet64')
+  config = imagenet64.get_config()
   config.dataset = dict(
       name='lsun/bedroom',  # tfds; 'train' split, 3,033,042 images
       class_conditional=False,  # LSUN has no labels
@@ -49,4 +49,4 @@ def get_config():
       dropout=0.1,
   )
   del config.sample['labels']  # unconditional
-  return config_checks.check_config(config)
+  return config

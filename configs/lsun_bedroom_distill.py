@@ -29,10 +29,10 @@ Hardware: the paper used TPU v4, 64 chips (--distributed on every host).
 Time and result: not reported in numbers (LSUN FIDs are in a figure only).
 """
 
-from diffusion_distillation import config_checks
+from configs import lsun_bedroom
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'lsun_bedroom')
+  config = lsun_bedroom.get_config()
   config.checkpoint.every_secs = 1500.0
-  return config_checks.check_config(config)
+  return config

@@ -18,10 +18,10 @@ Hardware: the paper used TPU v4, 64 chips (--distributed on every host).
 Time: not reported. Result: the paper reports LSUN FIDs in a figure only.
 """
 
-from diffusion_distillation import config_checks
+from configs import lsun_bedroom
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'lsun_bedroom')
+  config = lsun_bedroom.get_config()
   config.dataset.name = 'lsun/church_outdoor'
-  return config_checks.check_config(config)
+  return config

@@ -25,10 +25,10 @@ Hardware: the paper used TPU v4, 64 chips (--distributed on every host).
 Time and result: not reported in numbers (LSUN FIDs are in a figure only).
 """
 
-from diffusion_distillation import config_checks
+from configs import lsun_bedroom_distill
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'lsun_bedroom_distill')
+  config = lsun_bedroom_distill.get_config()
   config.dataset.name = 'lsun/church_outdoor'
-  return config_checks.check_config(config)
+  return config

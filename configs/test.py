@@ -4,11 +4,11 @@
       --workdir=/tmp/dd_test --mode=all
 """
 
-from diffusion_distillation import config_checks
+from configs import digits
 
 
 def get_config():
-  config = config_checks.base_config(__file__, 'digits')
+  config = digits.get_config()
   config.model.update(ch=8, emb_ch=16, num_groups=4, attn_resolutions=(4,))
   config.train.update(num_steps=4, batch_size=8, substeps=2, warmup_steps=2)
   config.distill.update(start_num_steps=4, end_num_steps=1,
@@ -18,4 +18,4 @@ def get_config():
   config.eval.update(num_samples=20, batch_size=10, teacher_num_steps=(1, 4),
                      ancestral_num_steps=(4,), reference_num_steps=8)
   config.log_every_steps = 2
-  return config_checks.check_config(config)
+  return config

@@ -18,9 +18,9 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from etils import epath
 
-from diffusion_distillation import config_checks
+from diffusion_distillation import errors
+from diffusion_distillation import files
 
 # Config parts that may change between a run and its resumption: they do
 # not change what is trained.
@@ -36,55 +36,45 @@ def _flatten(tree, prefix=''):
   return {prefix[:-1]: tree}
 
 
-def as_path(path: str) -> epath.Path:
-  """A local path made absolute, or a URL such as gs://bucket/dir as it is
-  (epath reads and writes both, as orbax does)."""
-  return epath.Path(path if '://' in str(path) else os.path.abspath(path))
-
-
-def write_atomically(path, data):
-  """Writes str or bytes `data` to `path` (local or gs://) whole or not at
-  all: a temporary file renamed into place, so a crash never leaves a
-  truncated file behind."""
-  path = as_path(path)
-  tmp = path.parent / f'{path.name}.tmp'
-  if isinstance(data, str):
-    tmp.write_text(data)
-  else:
-    tmp.write_bytes(data)
-  tmp.replace(path)  # rename() refuses an existing file; a rerun overwrites
-
-
-def guard_run_config(workdir: str, config: ml_collections.ConfigDict):
-  """Records the config in a new workdir; refuses a workdir of another run.
+def check_run_config(workdir: str, config: ml_collections.ConfigDict):
+  """Refuses a workdir that holds a run of another config.
 
   Raises:
-    ConfigError naming the first differing field.
+    InputError naming the first differing field.
   """
-  path = as_path(workdir) / 'config.json'
-  current = json.loads(config.to_json_best_effort())
-  if path.exists():
-    recorded = json.loads(path.read_text())
-    old, new = _flatten(recorded), _flatten(current)
-    for key in sorted(set(old) | set(new)):
-      if key.split('.')[0] in _RESUMABLE_CHANGES:
-        continue
-      if old.get(key, '<absent>') != new.get(key, '<absent>'):
-        raise config_checks.ConfigError(
-            f'{workdir} holds a run of a different config: {key} is '
-            f'{old.get(key, "<absent>")!r} there and '
-            f'{new.get(key, "<absent>")!r} here; use a new --workdir or the '
-            'same config.')
+  path = files.as_path(workdir) / 'config.json'
+  if not path.exists():
     return
-  if jax.process_index() == 0:  # one writer; every process checks above
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(current, indent=2, sort_keys=True))
+  recorded = json.loads(path.read_text())
+  old = _flatten(recorded)
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  for key in sorted(set(old) | set(new)):
+    if key.split('.')[0] in _RESUMABLE_CHANGES:
+      continue
+    if old.get(key, '<absent>') != new.get(key, '<absent>'):
+      raise errors.InputError(
+          f'{workdir} holds a run of a different config: {key} is '
+          f'{old.get(key, "<absent>")!r} there and '
+          f'{new.get(key, "<absent>")!r} here; use a new --workdir or the '
+          'same config.')
+
+
+def record_run_config(workdir: str, config: ml_collections.ConfigDict):
+  """Writes config.json into a new workdir (process 0; a no-op when it
+  exists: check_run_config has compared it)."""
+  path = files.as_path(workdir) / 'config.json'
+  if jax.process_index() != 0 or path.exists():
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  files.write_atomically(
+      path, json.dumps(json.loads(config.to_json_best_effort()), indent=2,
+                       sort_keys=True))
 
 
 def manager(directory: str, *, max_to_keep: Optional[int]):
   """A synchronous orbax CheckpointManager (None keeps every step)."""
   return ocp.CheckpointManager(
-      as_path(directory),
+      files.as_path(directory),
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'meta': ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(
@@ -123,7 +113,7 @@ def save_model(workdir: str, num_sample_steps: int, params: Any,
 
 def saved_models(workdir: str) -> list:
   """Step counts of the models saved in `workdir`, ascending."""
-  if not as_path(models_dir(workdir)).is_dir():
+  if not files.as_path(models_dir(workdir)).is_dir():
     return []
   mngr = manager(models_dir(workdir), max_to_keep=None)
   steps = sorted(mngr.all_steps())
@@ -143,12 +133,12 @@ def model_meta(workdir: str, num_sample_steps: int) -> dict:
 
 def resolve_model_path(path: str, num_sample_steps: int = 0) -> tuple:
   """(models directory, step) for a workdir or a models/<N> directory."""
-  path = as_path(path)
+  path = files.as_path(path)
   if (path / 'models').is_dir():
     return str(path / 'models'), num_sample_steps
   if path.name.isdigit() and path.is_dir():
     return str(path.parent), int(path.name)
-  raise config_checks.ConfigError(
+  raise errors.InputError(
       f'No model checkpoint at {path}: give a workdir that holds models/ '
       '(e.g. one finished with --mode=train) or a models/<N> directory.')
 
@@ -169,11 +159,11 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
     (params, meta).
 
   Raises:
-    ConfigError when the checkpoint is missing or does not fit the network.
+    InputError when the checkpoint is missing or does not fit the network.
   """
   directory, step = resolve_model_path(path, num_sample_steps)
-  if not (as_path(directory) / str(step)).is_dir():
-    raise config_checks.ConfigError(
+  if not (files.as_path(directory) / str(step)).is_dir():
+    raise errors.InputError(
         f'Missing {source}: {directory}/{step} does not exist; train it first '
         '(--mode=train) or point the config at an existing one.')
   mngr = manager(directory, max_to_keep=None)
@@ -192,7 +182,7 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
 
 
 def check_param_shapes(found: Any, expected: Any, source: str):
-  """Raises ConfigError naming the first parameter that does not fit."""
+  """Raises InputError naming the first parameter that does not fit."""
   def by_name(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(
@@ -201,15 +191,15 @@ def check_param_shapes(found: Any, expected: Any, source: str):
   found, expected = by_name(found), by_name(expected)
   for name in sorted(set(found) | set(expected)):
     if name not in found:
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           f'{source} lacks parameter {name} (shape {expected[name]}) that this '
           "config's network has; the model config does not match it.")
     if name not in expected:
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           f"{source} has parameter {name} that this config's network lacks; "
           'the model config does not match it.')
     if found[name] != expected[name]:
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           f'{source} does not fit this config\'s network: parameter {name} '
           f'has shape {found[name]} there and {expected[name]} here.')
 

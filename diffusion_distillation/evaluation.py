@@ -26,8 +26,6 @@ function would plug into metrics.batched_features the same way.
 
 import dataclasses
 import io
-import json
-import math
 import os
 import time
 from typing import Optional
@@ -38,27 +36,33 @@ from absl import logging
 from matplotlib import figure
 
 from diffusion_distillation import checkpoints
-from diffusion_distillation import config_checks
+from diffusion_distillation import errors
+from diffusion_distillation import files
 from diffusion_distillation import data
 from diffusion_distillation import metrics
 from diffusion_distillation import reference_network
 from diffusion_distillation import sampling
-from diffusion_distillation import train_state as train_state_lib
+from diffusion_distillation import network as network_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One way of sampling: model (0 = teacher, N = N-step student), sampler,
-  number of steps."""
-  model: int
-  sampler: str
+  """One way of sampling: which model, which method, how many steps.
+
+  model_steps: the model's saved step count, models/<model_steps>: 0 for
+    the continuous-time teacher, N for the N-step student.
+  method: 'ddim' | 'ancestral'.
+  num_steps: sampling steps.
+  """
+  model_steps: int
+  method: str
   num_steps: int
 
   @property
   def name(self) -> str:
-    if self.model:
-      return f'student_{self.model}'
-    return f'teacher_{self.sampler}_{self.num_steps}'
+    if self.model_steps:
+      return f'student_{self.model_steps}'
+    return f'teacher_{self.method}_{self.num_steps}'
 
 
 def plan(config, models: list) -> list:
@@ -73,9 +77,9 @@ def plan(config, models: list) -> list:
 
 def distilled_from(entry: Entry, config, models: list) -> Optional[Entry]:
   """The model a student was distilled from, sampled as in its round."""
-  if not entry.model:
+  if not entry.model_steps:
     return None
-  parent_steps = 2 * entry.model
+  parent_steps = 2 * entry.model_steps
   if parent_steps in models:
     return Entry(parent_steps, 'ddim', parent_steps)
   if 0 in models and parent_steps == config.distill.start_num_steps:
@@ -89,20 +93,20 @@ def _fidelity(x, reference_x) -> dict:
 
 
 def _models_to_evaluate(config, workdir) -> list:
-  """The workdir's saved models; ConfigError when eval cannot run."""
+  """The workdir's saved models; InputError when eval cannot run."""
   if 'eval' not in config:
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         'This config has no eval section; --mode=eval needs one (see '
         'configs/digits.py).')
   if config.dataset.name != 'digits':
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'--mode=eval has a reference network for the bundled digits only, '
         f'not {config.dataset.name!r}: FID on it needs InceptionV3 weights, '
         'which cannot be downloaded here; write samples with --mode=sample '
         'and score them with an FID evaluator.')
   models = checkpoints.saved_models(workdir)
   if not models:
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'No models in {workdir}/models to evaluate: run --mode=train (and '
         'distill) first.')
   return models
@@ -127,23 +131,24 @@ def evaluate(run) -> dict:
   floor_fd = metrics.frechet_distance(
       metrics.feature_stats(features(floor_images)), test_stats)
 
-  sampler = sampling.Sampler(run.network(0.0), config, run.mesh,
+  sampler = sampling.Sampler(network_lib.build_network(config, dropout=0.0),
+                             config, run.mesh,
                              batch_size=settings.batch_size)
   noise = sampler.noise(settings.num_samples, settings.seed)
   labels = sampling.sample_labels_for(config, settings.num_samples)
-  abstract = train_state_lib.abstract_params(run.network(0.0), config)
+  abstract = run.abstract_params()
   params, samples = {}, {}
 
   def samples_of(entry: Entry):
     if entry not in samples:
-      if entry.model not in params:
-        params[entry.model], _ = checkpoints.load_model(
-            workdir, abstract, num_sample_steps=entry.model,
+      if entry.model_steps not in params:
+        params[entry.model_steps], _ = checkpoints.load_model(
+            workdir, abstract, num_sample_steps=entry.model_steps,
             sharding=run.replicated, source='model')
       samples[entry] = sampler.sample(
-          params[entry.model], num_steps=entry.num_steps,
+          params[entry.model_steps], num_steps=entry.num_steps,
           num_samples=settings.num_samples, labels=labels,
-          seed=settings.seed, sampler=entry.sampler, z=noise)
+          seed=settings.seed, method=entry.method, z=noise)
     return samples[entry]
 
   reference_entry = (Entry(0, 'ddim', settings.reference_num_steps)
@@ -174,7 +179,7 @@ def evaluate(run) -> dict:
     rows.append(row)
 
   results = {
-      'workdir': str(checkpoints.as_path(workdir)),
+      'workdir': str(files.as_path(workdir)),
       'dataset': config.dataset.name,
       'num_samples': settings.num_samples,
       'seed': settings.seed,
@@ -197,32 +202,15 @@ def evaluate(run) -> dict:
   return results
 
 
-def _json_safe(value):
-  # PSNR of identical samples is +inf, which strict JSON cannot hold.
-  if isinstance(value, float) and math.isinf(value):
-    return 'inf' if value > 0 else '-inf'
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  return value
-
-
-def write_json(value, path: str):
-  """Writes `value` as indented JSON, atomically (+inf becomes "inf")."""
-  checkpoints.write_atomically(
-      path, json.dumps(_json_safe(value), indent=2, sort_keys=True))
-
-
 def write_results(results: dict, directory: str) -> dict:
   """results.json, results.md and fd_vs_steps.png in `directory` (local or
   gs://)."""
-  directory = checkpoints.as_path(directory)
+  directory = files.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   paths = {name: str(directory / name)
            for name in ('results.json', 'results.md', 'fd_vs_steps.png')}
-  write_json(results, paths['results.json'])
-  checkpoints.write_atomically(paths['results.md'], markdown_table(results))
+  files.write_json(results, paths['results.json'])
+  files.write_atomically(paths['results.md'], markdown_table(results))
   plot_fd_vs_steps(results, paths['fd_vs_steps.png'])
   return paths
 
@@ -231,7 +219,7 @@ def _by_curve(results: dict) -> dict:
   """{'distilled' | 'ddim' | 'ancestral': {num_steps: row}}."""
   curves = {'distilled': {}, 'ddim': {}, 'ancestral': {}}
   for row in results['entries']:
-    curve = 'distilled' if row['model'] else row['sampler']
+    curve = 'distilled' if row['model_steps'] else row['method']
     curves[curve][row['num_steps']] = row
   return curves
 
@@ -295,4 +283,4 @@ def plot_fd_vs_steps(results: dict, path: str):
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format='png')
-  checkpoints.write_atomically(path, png.getvalue())
+  files.write_atomically(path, png.getvalue())

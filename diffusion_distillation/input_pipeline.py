@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffusion_distillation import config_checks
+from diffusion_distillation import errors
 from diffusion_distillation import data
 
 
@@ -157,7 +157,7 @@ def train_dataset(dataset: ml_collections.ConfigDict, *, seed: int, step: int,
   except AssertionError:  # what tfds raises when the files are missing
     if builder.is_prepared():
       raise
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         _not_prepared_message(dataset, builder)) from None
   options = tf.data.Options()
   options.deterministic = True  # a seed fixes the order, parallel map or not

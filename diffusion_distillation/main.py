@@ -8,16 +8,14 @@ On several hosts, run the same command on every host with --distributed (and
 a workdir that all hosts share, e.g. gs://); see launch/.
 """
 
-import logging as logging_lib
-import sys
-
 import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from diffusion_distillation import config_checks
+from diffusion_distillation import cli
+from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,15 +40,6 @@ _PROCESS_ID = flags.DEFINE_integer(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO chatter of orbax and TensorFlow; warnings still show."""
-
-  def filter(self, record):
-    noisy = any(f'/{name}/' in record.pathname
-                for name in ('orbax', 'tensorflow', 'jax'))
-    return record.levelno >= logging_lib.WARNING or not noisy
-
-
 def _initialize_distributed():
   """Joins the other processes; must run before anything touches devices."""
   explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
@@ -71,7 +60,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   _initialize_distributed()
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_start()
   if jax.process_index() > 0:
     # Every process runs the same loop; process 0 speaks for all of them.
     logging.set_verbosity(logging.WARNING)
@@ -79,9 +68,8 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     pipeline.run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except config_checks.ConfigError as e:
-    # A bad input: one line saying what to change, no traceback.
-    sys.exit(f'error: {e}')
+  except errors.InputError as e:
+    cli.exit_on_bad_input(e)
 
 
 if __name__ == '__main__':

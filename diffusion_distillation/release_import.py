@@ -25,22 +25,22 @@ against the config's network and written to <workdir>/models/<N>, where
 """
 
 import os
-import sys
 from typing import Any, Optional
 
 import flax
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from diffusion_distillation import checkpoints
+from diffusion_distillation import cli
 from diffusion_distillation import config_checks
-from diffusion_distillation import train_state as train_state_lib
+from diffusion_distillation import errors
+from diffusion_distillation import network as network_lib
 
 _RELEASE_KEYS = ('step', 'optimizer', 'ema_params', 'num_sample_steps')
 
@@ -55,25 +55,28 @@ def read_release_checkpoint(path: str) -> dict:
     The release TrainState as nested dicts of NumPy arrays and numbers.
 
   Raises:
-    ConfigError when the file cannot be read or holds no release state.
+    InputError when the file cannot be read or holds no release state.
   """
+  # Loaded here, not with the module: only reading a file needs TensorFlow
+  # (tf.io.gfile reads gs:// paths).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   try:
     if tf.io.gfile.isdir(path):
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           f'{path} is a directory; give the release checkpoint file itself '
           '(e.g. gs://gresearch/diffusion-distillation/cifar_8).')
     if not tf.io.gfile.exists(path):
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           f'No release checkpoint at {path}: the file does not exist.')
     with tf.io.gfile.GFile(path, 'rb') as f:
       data = f.read()
   except tf.errors.OpError as e:  # e.g. GCS unreachable or access denied
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'Cannot read {path}: {e.message.splitlines()[0]}') from None
   try:
     state = flax.serialization.msgpack_restore(data)
   except (ValueError, TypeError) as e:  # what msgpack raises on bad bytes
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'{path} is not a flax msgpack file ({e}); give a release checkpoint '
         'file.') from None
   if not isinstance(state, dict) or not (
@@ -81,7 +84,7 @@ def read_release_checkpoint(path: str) -> dict:
       isinstance(_optimizer_target(state), dict)):
     found = (f'top-level keys {sorted(state)}' if isinstance(state, dict)
              else f'a {type(state).__name__}')
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'{path} is not a release train state: expected the keys '
         f'{", ".join(_RELEASE_KEYS)} with parameters in ema_params or '
         f'optimizer.target, found {found}.')
@@ -105,13 +108,13 @@ def release_params(state_dict: dict, *, use_ema: bool = True) -> tuple:
     (params as nested dicts of arrays, num_sample_steps: int, 0 if absent).
 
   Raises:
-    ConfigError when the parameters asked for are not in the state.
+    InputError when the parameters asked for are not in the state.
   """
   params = state_dict.get('ema_params') if use_ema else None
   if not isinstance(params, dict):
     params = _optimizer_target(state_dict)
     if not isinstance(params, dict):
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           'The release checkpoint has no optimizer.target; import its '
           'ema_params instead (--use_ema=true).')
     if use_ema:
@@ -125,15 +128,15 @@ def _as_int(value, name: str) -> int:
   """A release scalar (a Python int or a 0-d array) as an int."""
   value = np.asarray(value)
   if value.shape != () or value.dtype.kind not in 'iuf':
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'The release checkpoint\'s {name} is {value!r}, not a number.')
   return int(value)
 
 
 def network_param_shapes(config: ml_collections.ConfigDict) -> Any:
   """Shapes and dtypes of the config network's parameters (no memory)."""
-  return train_state_lib.abstract_params(
-      train_state_lib.build_network(config, dropout=0.0), config)
+  return network_lib.abstract_params(
+      network_lib.build_network(config, dropout=0.0), config)
 
 
 def fit_params(found: dict, expected: Any, *, source: str) -> dict:
@@ -148,14 +151,14 @@ def fit_params(found: dict, expected: Any, *, source: str) -> dict:
     `found` with every leaf a NumPy array of the network's shape and dtype.
 
   Raises:
-    ConfigError naming the first parameter that is missing, extra, not a
+    InputError naming the first parameter that is missing, extra, not a
     float array, or of another shape.
   """
   wanted = flax.traverse_util.flatten_dict(expected)
   fitted = {}
   for key, leaf in flax.traverse_util.flatten_dict(found).items():
     if not isinstance(leaf, np.ndarray) or leaf.dtype.kind != 'f':
-      raise config_checks.ConfigError(
+      raise errors.InputError(
           f'{source} has parameter {"/".join(key)} of type '
           f'{getattr(leaf, "dtype", type(leaf).__name__)}, not a float array.')
     shape = tuple(wanted[key].shape) if key in wanted else leaf.shape
@@ -194,7 +197,7 @@ def import_release_checkpoint(path: str, config: ml_collections.ConfigDict,
     N, the step count the model was saved under.
 
   Raises:
-    ConfigError on any mismatch, before anything is written.
+    InputError on any mismatch, before anything is written.
   """
   config_checks.check_config(config)
   state = read_release_checkpoint(path)
@@ -202,11 +205,11 @@ def import_release_checkpoint(path: str, config: ml_collections.ConfigDict,
   model_steps = (checkpoint_steps if num_sample_steps is None
                  else num_sample_steps)
   if model_steps < 0:
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'num_sample_steps={model_steps}: use 0 for a continuous-time teacher '
         'or the N steps a student samples in.')
   if model_steps in checkpoints.saved_models(workdir):
-    raise config_checks.ConfigError(
+    raise errors.InputError(
         f'{os.path.join(checkpoints.models_dir(workdir), str(model_steps))} '
         'already exists and is kept: import into another --workdir, or save '
         'under another --num_sample_steps.')
@@ -219,7 +222,8 @@ def import_release_checkpoint(path: str, config: ml_collections.ConfigDict,
   }
   params = fit_params(params, network_param_shapes(config),
                       source=f'release checkpoint {path}')
-  checkpoints.guard_run_config(workdir, config)
+  checkpoints.check_run_config(workdir, config)
+  checkpoints.record_run_config(workdir, config)
   checkpoints.save_model(workdir, model_steps, params, meta)
   return model_steps
 
@@ -249,13 +253,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
+  cli.quiet_start()
   try:
     model_steps = import_release_checkpoint(
         args.checkpoint, args.config, args.workdir,
         num_sample_steps=args.num_sample_steps, use_ema=args.use_ema)
-  except config_checks.ConfigError as e:
-    # A bad input: one line saying what to change, no traceback.
-    sys.exit(f'error: {e}')
+  except errors.InputError as e:
+    cli.exit_on_bad_input(e)
   logging.info('Imported %s as %s', args.checkpoint, os.path.join(
       checkpoints.models_dir(args.workdir), str(model_steps)))
 

@@ -13,12 +13,14 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import data
 from diffusion_distillation import diffusion
+from diffusion_distillation import files
 from diffusion_distillation import schedules
-from diffusion_distillation import steps
+from diffusion_distillation import sharding
 from diffusion_distillation import unet
+
+METHODS = ('ddim', 'ancestral')
 
 
 class Sampler:
@@ -28,12 +30,15 @@ class Sampler:
                mesh=None, batch_size: Optional[int] = None):
     self._network = network
     self._config = config
-    self._mesh = mesh if mesh is not None else steps.make_mesh()
+    self._mesh = mesh if mesh is not None else sharding.make_mesh()
     self._batch_size = batch_size or config.sample.batch_size
     self._compiled = {}
 
-  def _compiled_for(self, num_steps: int, sampler: str):
-    key = (num_steps, sampler)
+  def _compiled_for(self, num_steps: int, method: str):
+    if method not in METHODS:
+      raise ValueError(f'Unknown sampling method {method!r}; choose one of '
+                       f'{METHODS}.')
+    key = (num_steps, method)
     if key not in self._compiled:
       model, sample = self._config.model, self._config.sample
       schedule = schedules.get_logsnr_schedule(**model.logsnr_schedule)
@@ -43,23 +48,19 @@ class Sampler:
             {'params': params}, z, logsnr, labels, train=False)
         denoise = diffusion.make_denoise_fn(
             model_fn, mean_type=model.mean_type, clip_x=sample.clip_x)
-        if sampler == 'ddim':
+        if method == 'ddim':
           return diffusion.ddim_sample(denoise, z_init=z, num_steps=num_steps,
                                        logsnr_schedule=schedule)
         return diffusion.ancestral_sample(
             denoise, rng=rng, z_init=z, num_steps=num_steps,
             logsnr_schedule=schedule, variance=sample.logvar_type)
 
-      rep = steps.replicated(self._mesh)
-      shard = self._sample_sharding()
+      rep = sharding.replicated(self._mesh)
+      shard = sharding.sample_sharding(self._mesh)
       # Replicated samples: every process can read them (the gather is small).
       self._compiled[key] = jax.jit(run, in_shardings=(rep, shard, shard, rep),
                                     out_shardings=rep)
     return self._compiled[key]
-
-  def _sample_sharding(self):
-    return jax.sharding.NamedSharding(self._mesh,
-                                      jax.sharding.PartitionSpec('data'))
 
   def noise(self, num_samples: int, seed: int) -> np.ndarray:
     """Starting noise N(0, I); fixed by the seed, shared by every model."""
@@ -70,13 +71,17 @@ class Sampler:
 
   def sample(self, params, *, num_steps: int, num_samples: int,
              labels: Optional[np.ndarray] = None, seed: int = 0,
-             sampler: str = 'ddim', z: Optional[np.ndarray] = None):
-    """Samples x in [-1, 1], [num_samples, H, W, C] float32 (NumPy)."""
+             method: str = 'ddim', z: Optional[np.ndarray] = None):
+    """Samples x in [-1, 1], [num_samples, H, W, C] float32 (NumPy).
+
+    `method` is 'ddim' or 'ancestral' (with sample.logvar_type); `z` the
+    starting noise, by default `noise(num_samples, seed)`.
+    """
     batch_size = self._batch_size
     z = self.noise(num_samples, seed) if z is None else z
     if labels is None:
       labels = np.zeros((num_samples,), np.int32)
-    run = self._compiled_for(num_steps, sampler)
+    run = self._compiled_for(num_steps, method)
     rng = jax.random.key(seed + 1)
     out = []
     for start in range(0, num_samples, batch_size):
@@ -85,18 +90,12 @@ class Sampler:
       pad = batch_size - len(z_batch)  # keep one compiled batch shape
       z_batch = np.pad(z_batch, ((0, pad),) + ((0, 0),) * (z.ndim - 1))
       y_batch = np.pad(y_batch, (0, pad))
-      x = run(params, _on_mesh(z_batch, self._sample_sharding()),
-              _on_mesh(y_batch, self._sample_sharding()),
+      shard = sharding.sample_sharding(self._mesh)
+      x = run(params, sharding.global_array(z_batch, shard),
+              sharding.global_array(y_batch, shard),
               jax.random.fold_in(rng, start))
       out.append(np.asarray(x)[:batch_size - pad])
     return np.concatenate(out, axis=0)
-
-
-def _on_mesh(array: np.ndarray, sharding) -> jax.Array:
-  """A host array that every process holds alike -> a global array (jit
-  refuses NumPy inputs for shardings that span several processes)."""
-  return jax.make_array_from_callback(array.shape, sharding,
-                                      lambda index: array[index])
 
 
 def image_grid(images: np.ndarray, *, columns: int = 10, scale: int = 1,
@@ -132,7 +131,7 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   Returns:
     {'npz': path, 'png': path}.
   """
-  directory = checkpoints.as_path(directory)
+  directory = files.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   arrays = {'arr_0': images}
   if labels is not None:
@@ -146,7 +145,7 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   paths = {}
   for suffix, buffer in (('npz', npz), ('png', png)):
     path = directory / f'{name}.{suffix}'
-    checkpoints.write_atomically(path, buffer.getvalue())
+    files.write_atomically(path, buffer.getvalue())
     paths[suffix] = str(path)
   return paths
 

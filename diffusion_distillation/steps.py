@@ -6,12 +6,12 @@ two DDIM steps of a teacher whose parameters are an argument (never a
 closure), so a new round reuses the compiled step. Each call runs
 `substeps` optimizer steps through `lax.scan` over a [K, B, ...] batch.
 
-Data parallelism: jit over a one-axis device mesh ('data'). The batch is
-sharded along B, the state replicated; the loss is a mean over the global
-batch, so the gradient is the all-device mean before clipping.
+Data parallelism comes from how `trainer` compiles these functions (jit
+over a one-axis device mesh, see `sharding`): the batch is sharded along B,
+the state replicated; the loss is a mean over the global batch, so the
+gradient is the all-device mean before clipping.
 """
 
-import functools
 from typing import Optional
 
 import jax
@@ -19,8 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from diffusion_distillation import diffusion
 from diffusion_distillation import schedules
@@ -38,13 +36,8 @@ def _apply_fn(network: unet.UNet, params, labels, *, train: bool,
 
 def _one_update(state, images, labels, rng, teacher_params, *, network,
                 optimizer, ema_decay, ema_schedule, logsnr_schedule, mean_type,
-                weighting, skip_nonfinite, pmap_axis=None):
-  """One optimizer step on one [B, ...] batch.
-
-  Under jit with a mesh the mean over the global batch already averages the
-  gradient over devices; under `jax.pmap(..., axis_name=pmap_axis)` it is
-  averaged explicitly (kept for comparison, see benchmarks/data_parallel.py).
-  """
+                weighting, skip_nonfinite):
+  """One optimizer step on one [B, ...] batch."""
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.num_sample_steps),
                            state.step)
   rng_loss, rng_dropout = jax.random.split(rng)
@@ -69,8 +62,6 @@ def _one_update(state, images, labels, rng, teacher_params, *, network,
     return jnp.mean(losses)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  if pmap_axis is not None:
-    loss, grads = jax.lax.pmean((loss, grads), pmap_axis)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
@@ -143,56 +134,6 @@ def step_settings(config: ml_collections.ConfigDict, section: str, *,
       mean_type=model.mean_type, weighting=model.mean_loss_weight_type,
       skip_nonfinite=bool(config[section].get('skip_nonfinite_updates',
                                               False)))
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A one-axis 'data' mesh over all (or the given) devices."""
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), ('data',),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def replicated(mesh):
-  return NamedSharding(mesh, P())
-
-
-def _identity(tree):
-  return tree
-
-
-def replicate(tree, mesh):
-  """Host values that every process holds alike -> arrays replicated on the
-  mesh (jax.device_put cannot place onto other processes' devices; a jitted
-  identity can)."""
-  return jax.jit(_identity, out_shardings=replicated(mesh))(tree)
-
-
-def batch_sharding(mesh):
-  """[K, B, ...] batches are split along B."""
-  return NamedSharding(mesh, P(None, 'data'))
-
-
-def compile_train_step(settings: dict, mesh):
-  rep = replicated(mesh)
-  return jax.jit(functools.partial(train_step, **settings),
-                 in_shardings=(rep, batch_sharding(mesh), rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-def compile_distill_step(settings: dict, mesh):
-  rep = replicated(mesh)
-  return jax.jit(functools.partial(distill_step, **settings),
-                 in_shardings=(rep, rep, batch_sharding(mesh), rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-def device_batch(images: np.ndarray, labels: np.ndarray, mesh) -> dict:
-  """This process's share of a [K, B, ...] batch -> a global sharded array."""
-  sharding = batch_sharding(mesh)
-  return {
-      'images': jax.make_array_from_process_local_data(sharding, images),
-      'labels': jax.make_array_from_process_local_data(sharding, labels),
-  }
 
 
 def check_finite(metrics: dict, step: int, section: str,

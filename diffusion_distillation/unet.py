@@ -15,6 +15,12 @@ import jax.numpy as jnp
 LOGSNR_INPUT_TYPES = ('inv_cos', 'linear', 'sigmoid')
 
 
+def check_logsnr_input_type(logsnr_input_type: str):
+  if logsnr_input_type not in LOGSNR_INPUT_TYPES:
+    raise ValueError(f'Unknown logsnr_input_type {logsnr_input_type!r}; '
+                     f'choose one of {LOGSNR_INPUT_TYPES}.')
+
+
 def logsnr_to_time(logsnr, *, logsnr_input_type: str,
                    logsnr_scale_range=(-10.0, 10.0)):
   """Maps log-SNR to the scalar in roughly [0, 1] that the network embeds.

@@ -16,17 +16,20 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from configs import test as test_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from diffusion_distillation import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
-from diffusion_distillation import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
-from diffusion_distillation import train_state as train_state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from diffusion_distillation import network as network_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The limit on any subprocess or wait in a test: long enough that only a
+# hang reaches it on a slow, shared machine (CI allows 90 minutes in all).
+HANG_SECS = 45 * 60
 TEST_CONFIG = os.path.join(REPO, 'configs', 'test.py')
 
 
 def tiny_config(**overrides):
   """configs/test.py with dotted overrides: tiny_config(**{'model.ch': 16})."""
-  config = config_checks.base_config(TEST_CONFIG, 'test')
+  config = test_config.get_config()
   for key, value in overrides.items():
     *sections, field = key.split('.')
     target = config
@@ -36,7 +39,7 @@ def tiny_config(**overrides):
   return config
 
 
-def run_python(args, *, env=None, timeout=300, **kwargs):
+def run_python(args, *, env=None, timeout=HANG_SECS, **kwargs):
   """Runs `python args...` in the repository; returns the CompletedProcess."""
   return subprocess.run(
       [sys.executable] + list(args), cwd=REPO,
@@ -46,8 +49,8 @@ def run_python(args, *, env=None, timeout=300, **kwargs):
 
 def saved_params(workdir, num_sample_steps, config):
   """models/<num_sample_steps> of `workdir` as NumPy arrays."""
-  network = train_state_lib.build_network(config, dropout=0.0)
-  abstract = train_state_lib.abstract_params(network, config)
+  network = network_lib.build_network(config, dropout=0.0)
+  abstract = network_lib.abstract_params(network, config)
   params, _ = checkpoints.load_model(workdir, abstract,
                                      num_sample_steps=num_sample_steps)
   return jax.tree_util.tree_map(np.asarray, params)

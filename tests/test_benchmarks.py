@@ -16,8 +16,8 @@ def _close(a, b):
 
 def test_throughput_smoke_writes_every_figure(tmp_path):
   out = tmp_path / 'throughput.json'
-  result = run_python(['benchmarks/throughput.py', '--smoke', f'--out={out}'],
-                      timeout=600)
+  result = run_python(['-m', 'benchmarks.throughput', '--smoke',
+                      f'--out={out}'])
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.loads(out.read_text())
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import config_checks
+from diffusion_distillation import errors
 from diffusion_distillation import data
 from diffusion_distillation import evaluation
 from diffusion_distillation import pipeline
@@ -65,10 +66,11 @@ def test_each_student_is_compared_with_the_model_it_was_distilled_from():
 
 
 def _results():
-  row = lambda model, sampler, n, fd: dict(
-      model=model, sampler=sampler, num_steps=n, name='x', fd=fd,
+  row = lambda model_steps, method, n, fd: dict(
+      model_steps=model_steps, method=method, num_steps=n, name='x', fd=fd,
       class_accuracy=0.5, classifier_score=2.0, distilled_from=None,
-      fidelity_to_teacher=({'mse': 0.0, 'psnr': math.inf} if model else None),
+      fidelity_to_teacher=({'mse': 0.0, 'psnr': math.inf} if model_steps
+                           else None),
       fidelity_to_reference=None, seconds=1.0)
   return {
       'entries': [row(0, 'ddim', 1, 9.0), row(0, 'ddim', 4, 3.0),
@@ -96,10 +98,10 @@ def test_written_results_table_and_plot(tmp_path):
     ({'eval.batch_size': 0}, 'eval.batch_size=0'),
 ])
 def test_bad_eval_settings_are_refused(overrides, message):
-  with pytest.raises(config_checks.ConfigError, match=re.escape(message)):
+  with pytest.raises(errors.InputError, match=re.escape(message)):
     config_checks.check_config(tiny_config(**overrides))
 
 
 def test_eval_without_models_is_refused(tmp_path):
-  with pytest.raises(config_checks.ConfigError, match='No models in'):
+  with pytest.raises(errors.InputError, match='No models in'):
     pipeline.run_mode(tiny_config(), str(tmp_path / 'empty'), 'eval')

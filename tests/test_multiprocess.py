@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from diffusion_distillation import checkpoints
+from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
 from tests.conftest import assert_trees_close
@@ -28,7 +29,6 @@ from tests.conftest import tiny_config
 # it from process 0 only, under keys that differ between processes), so its
 # compilations dominate the test's time.
 _OVERRIDES = {'train.substeps': 1, 'distill.substeps': 1}
-_TIMEOUT_SECS = 480  # per run, on two shared CPU cores
 
 
 def _free_port() -> int:
@@ -95,7 +95,7 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(
     # train_step again either way, but nothing else twice.)
     procs = _start_pair(two, tmp_path, 'killed')
     mid_train = os.path.join(two, 'teacher', '2', 'commit_success.txt')
-    deadline = time.time() + _TIMEOUT_SECS
+    deadline = time.time() + HANG_SECS
     while not os.path.exists(mid_train):
       for i, proc in enumerate(procs):
         assert proc.poll() is None, _tail(tmp_path / f'killed_process_{i}.log')
@@ -107,9 +107,9 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(
     # The same command again on both processes continues from step 2.
     procs = _start_pair(two, tmp_path, 'resumed')
     _wait(procs, [tmp_path / f'resumed_process_{i}.log' for i in range(2)],
-          time.time() + _TIMEOUT_SECS)
+          time.time() + HANG_SECS)
     _wait([reference], [tmp_path / 'reference.log'],
-          time.time() + _TIMEOUT_SECS)
+          time.time() + HANG_SECS)
   finally:
     _kill(procs + [reference])
 

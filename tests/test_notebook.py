@@ -6,6 +6,7 @@ import os
 import nbclient
 import nbformat
 
+from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 
 NOTEBOOK = os.path.join(REPO, 'notebooks', 'demo.ipynb')
@@ -26,7 +27,7 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setenv('DD_DEMO_WORKDIR', str(tmp_path / 'demo'))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(
-      notebook, timeout=300, kernel_name='python3',
+      notebook, timeout=HANG_SECS, kernel_name='python3',
       resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
 
   outputs = [o for cell in notebook.cells if cell.cell_type == 'code'

@@ -3,6 +3,7 @@ paper's values, what each distill config changes; class labels for sampling
 from the command line; a CIFAR-10 config training through the real loop on
 mock data."""
 
+import importlib
 import os
 
 import jax
@@ -14,7 +15,7 @@ from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import input_pipeline
 from diffusion_distillation import pipeline
-from diffusion_distillation import train_state as train_state_lib
+from diffusion_distillation import network as network_lib
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
 from tests.conftest import run_python
@@ -22,8 +23,7 @@ from tests.conftest import tiny_config
 
 
 def _config(name):
-  return config_checks.base_config(os.path.join(REPO, 'configs', 'x.py'),
-                                   name)
+  return importlib.import_module(f'configs.{name}').get_config()
 
 
 def _flatten(tree, prefix=''):
@@ -49,8 +49,8 @@ PARAMETER_COUNTS = {
 @pytest.mark.parametrize('name', sorted(PARAMETER_COUNTS))
 def test_paper_network_parameter_count(name):
   config = _config(name)
-  network = train_state_lib.build_network(config, dropout=config.model.dropout)
-  params = train_state_lib.abstract_params(network, config)  # jax.eval_shape
+  network = network_lib.build_network(config, dropout=config.model.dropout)
+  params = network_lib.abstract_params(network, config)  # jax.eval_shape
   count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
   print(f'{name}: {count:,} parameters')
   expected_count, size, out_ch = PARAMETER_COUNTS[name]
@@ -60,7 +60,7 @@ def test_paper_network_parameter_count(name):
   assert ('class_emb' in params) == (name == 'imagenet64')
 
 
-# REFERENCE.md sections 8-10, as config fields.
+# The release's configs (network, optimizer, rounds, data), as fields.
 COMMON = {
     'adam.b1': 0.9, 'adam.b2': 0.999, 'adam.eps': 1e-8, 'adam.grad_clip': 1.0,
     'model.mean_loss_weight_type': 'snr_trunc',
@@ -151,8 +151,8 @@ def test_distill_configs_change_only_what_the_release_changed(name, changed):
 def test_sample_labels_from_the_command_line(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path / 'w')
-  network = train_state_lib.build_network(config, dropout=0.0)
-  params = jax.jit(lambda rng: train_state_lib.init_params(
+  network = network_lib.build_network(config, dropout=0.0)
+  params = jax.jit(lambda rng: network_lib.init_params(
       network, config, rng))(jax.random.key(0))
   checkpoints.save_model(workdir, 0, params, {})
   result = run_python(['-m', 'diffusion_distillation.main',
@@ -184,9 +184,9 @@ def test_cifar10_trains_through_the_pipeline_loop(tmp_path, monkeypatch):
     pipeline.run_mode(config, workdir, 'train')
   assert built == [0]  # two dispatches of one step: one stream
   assert checkpoints.saved_models(workdir) == [0]
-  network = train_state_lib.build_network(config, dropout=0.0)
+  network = network_lib.build_network(config, dropout=0.0)
   _, meta = checkpoints.load_model(
-      workdir, train_state_lib.abstract_params(network, config),
+      workdir, network_lib.abstract_params(network, config),
       num_sample_steps=0)
   assert meta['trained_steps'] == config.train.num_steps
   with np.load(os.path.join(workdir, 'samples', 'grid_teacher_1.npz')) as f:

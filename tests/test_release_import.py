@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import checkpoints
-from diffusion_distillation import config_checks
+from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 from diffusion_distillation import release_import
 from tests.conftest import TEST_CONFIG
@@ -107,7 +107,7 @@ def test_command_line_imports_a_student_and_never_overwrites(tmp_path):
   assert meta['imported_params'] == 'optimizer.target'
 
   result = run_python(command)
-  assert result.returncode != 0
+  assert result.returncode == 2
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line == (f'error: {workdir}/models/4 already exists and is kept: '
                        'import into another --workdir, or save under another '
@@ -133,7 +133,7 @@ def test_release_params_choice_and_defaults():
   state = _release_state(target=target, ema_params=None, num_sample_steps=None)
   params, num_sample_steps = release_import.release_params(state)
   assert params is target and num_sample_steps == 0
-  with pytest.raises(config_checks.ConfigError, match='no optimizer.target'):
+  with pytest.raises(errors.InputError, match='no optimizer.target'):
     release_import.release_params({'ema_params': ema}, use_ema=False)
 
 
@@ -159,7 +159,7 @@ def test_mismatched_parameters_are_refused_by_name(tmp_path, change, message):
   path = _write(tmp_path / 'ckpt', _release_state(
       target=_random_params(config, 2), ema_params=ema, num_sample_steps=0))
   workdir = tmp_path / 'workdir'
-  with pytest.raises(config_checks.ConfigError, match=message) as error:
+  with pytest.raises(errors.InputError, match=message) as error:
     release_import.import_release_checkpoint(path, config, str(workdir))
   assert f'release checkpoint {path}' in str(error.value)
   assert not workdir.exists()  # nothing written
@@ -176,15 +176,15 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
       not_release: r"found top-level keys \['params', 'step'\]",
   }
   for path, message in cases.items():
-    with pytest.raises(config_checks.ConfigError, match=message) as error:
+    with pytest.raises(errors.InputError, match=message) as error:
       release_import.read_release_checkpoint(path)
     assert '\n' not in str(error.value)
-  with pytest.raises(config_checks.ConfigError, match='found a list'):
+  with pytest.raises(errors.InputError, match='found a list'):
     release_import.read_release_checkpoint(_write(tmp_path / 'list', [1, 2]))
 
 
 def _cifar10_config(**model):
-  """REFERENCE section 8's CIFAR-10 network: 32x32x3, unconditional, x."""
+  """The release's CIFAR-10 network: 32x32x3, unconditional, x."""
   config = tiny_config(**{'dataset.image_size': 32, 'dataset.channels': 3,
                       'dataset.class_conditional': False,
                       'dataset.num_classes': 1, 'model.mean_type': 'x'})
@@ -220,7 +220,7 @@ def test_cifar10_release_layout_fits_the_paper_network():
 
   # A config whose network differs is refused by name, e.g. mean_type
   # 'both' (6 output channels) for the release's 'x' CIFAR-10 model.
-  with pytest.raises(config_checks.ConfigError,
+  with pytest.raises(errors.InputError,
                      match=r'conv_out/bias has shape \(3,\) there and \(6,\)'):
     release_import.fit_params(
         params, release_import.network_param_shapes(

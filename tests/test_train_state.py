@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distillation import steps
+from diffusion_distillation import network as network_lib
+from diffusion_distillation import sharding
 from diffusion_distillation import train_state as train_state_lib
+from diffusion_distillation import trainer as trainer_lib
 from tests.conftest import tiny_config
 
 
@@ -95,20 +97,15 @@ def test_train_step_ema_after_one_update(schedule):
   config = tiny_config(**{'train.learning_rate': 0.0,
                           'train.ema_schedule': schedule,
                           'train.substeps': 1})
-  mesh = steps.make_mesh()
-  network = train_state_lib.build_network(config, dropout=0.0)
-  optimizer = train_state_lib.make_optimizer(config, 'train')
-  params = train_state_lib.init_params(network, config, jax.random.key(0))
-  state = train_state_lib.create_state(params, optimizer).replace(
+  mesh = sharding.make_mesh()
+  trainer = trainer_lib.build(config, 'train', mesh)
+  params = trainer.init_params(jax.random.key(0))
+  state = trainer.fresh_state(params, num_sample_steps=0).replace(
       ema_params=jax.tree_util.tree_map(jnp.zeros_like, params))
-  step_fn = steps.compile_train_step(
-      steps.step_settings(config, 'train', network=network,
-                          optimizer=optimizer), mesh)
   images = np.zeros((1, 8, 8, 8, 1), np.float32)
   labels = np.zeros((1, 8), np.int32)
-  state, _ = step_fn(steps.replicate(state, mesh),
-                     steps.device_batch(images, labels, mesh),
-                     steps.replicate(jax.random.key(1), mesh))
+  state, _ = trainer.update(state,
+                            sharding.device_batch(images, labels, mesh))
   weight = 1.0 if schedule == 'warmup' else 1.0 - config.train.ema_decay
   for ema, param in zip(jax.tree_util.tree_leaves(state.ema_params),
                         jax.tree_util.tree_leaves(params)):
@@ -134,7 +131,7 @@ def test_optimizer_clips_the_gradient_by_global_norm():
 
 def test_state_of_the_tiny_network_is_built_abstractly():
   config = tiny_config()
-  network = train_state_lib.build_network(config, dropout=0.0)
+  network = network_lib.build_network(config, dropout=0.0)
   optimizer = train_state_lib.make_optimizer(config, 'train')
   abstract = train_state_lib.abstract_state(network, config, optimizer)
   assert abstract.step.shape == () and abstract.num_sample_steps.dtype == jnp.int32

@@ -9,7 +9,7 @@ import pytest
 from diffusion_distillation import unet
 from tests.conftest import randomize_params
 
-# REFERENCE section 8; out_ch is 3 for mean_type 'x' and 6 for 'both'.
+# The release's unet.py and configs; out_ch is 3 for mean_type 'x' and 6 for 'both'.
 PAPER_ARCHITECTURES = {
     'cifar10': (32, 1, dict(ch=256, emb_ch=1024, ch_mult=(1, 1, 1),
                             num_res_blocks=3, attn_resolutions=(8, 16),
@@ -60,7 +60,7 @@ def test_paper_architecture_shapes_and_parameter_count(name):
 
 
 def _release_names_cifar10():
-  """Top-level names of the release's CIFAR-10 network, from REFERENCE s. 8."""
+  """Top-level names of the release's CIFAR-10 network, from the release's unet.py."""
   names = {'conv_in', 'dense0', 'dense1', 'norm_out', 'conv_out',
            'mid.block_1', 'mid.attn_1', 'mid.block_2'}
   resolution = {0: 32, 1: 16, 2: 8}

@@ -1,0 +1,1 @@
+"""Run configs: plain data, one file per dataset and phase (see common.py)."""
