@@ -18,21 +18,28 @@ import time
 _ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 _ARGS.add_argument('--devices', type=int, default=2)
 _ARGS.add_argument('--steps', type=int, default=20, help='timed dispatches')
-_ARGS.add_argument('--out', default=os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'results',
-    'data_parallel.json'))
+_ARGS.add_argument(
+    '--out',
+    default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        'results',
+        'data_parallel.json',
+    ),
+)
 
 
 def main(args):
   # Fake CPU devices must be requested before jax is imported.
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             f' --xla_force_host_platform_device_count='
-                             f'{args.devices}')
-  import jax  # pylint: disable=g-import-not-at-top
-  from configs import digits  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import data  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import sharding  # pylint: disable=g-import-not-at-top
-  from diffusion_distillation import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '')
+      + f' --xla_force_host_platform_device_count={args.devices}'
+  )
+  import jax
+
+  from configs import digits
+  from diffusion_distillation import data
+  from diffusion_distillation import sharding
+  from diffusion_distillation import trainer as trainer_lib
 
   config = digits.get_config()
   dataset = data.load('digits')
@@ -45,10 +52,11 @@ def main(args):
 
     def run_step(state, step):
       images, labels = data.batch_for_step(
-          dataset, seed=0, step=step, batch_size=batch_size,
-          substeps=substeps)
-      return trainer.update(
-          state, sharding.device_batch(images, labels, mesh))[0]
+          dataset, seed=0, step=step, batch_size=batch_size, substeps=substeps
+      )
+      return trainer.update(state, sharding.device_batch(images, labels, mesh))[
+          0
+      ]
 
     # Two untimed calls: the first compiles, and the second would show any
     # recompile caused by the output placement differing from the input's.
@@ -61,14 +69,19 @@ def main(args):
     return args.steps * substeps * batch_size / (time.perf_counter() - start)
 
   n = args.devices
-  results = {'1_device': images_per_sec(jax.devices()[:1]),
-             f'{n}_devices': images_per_sec(jax.devices()[:n])}
+  results = {
+      '1_device': images_per_sec(jax.devices()[:1]),
+      f'{n}_devices': images_per_sec(jax.devices()[:n]),
+  }
   report = {
       'images_per_sec': results,
-      'all_devices_over_1_device': results[f'{n}_devices'] /
-                                   results['1_device'],
-      'config': 'configs/digits.py', 'batch_size': batch_size,
-      'substeps': substeps, 'timed_dispatches': args.steps,
+      'all_devices_over_1_device': (
+          results[f'{n}_devices'] / results['1_device']
+      ),
+      'config': 'configs/digits.py',
+      'batch_size': batch_size,
+      'substeps': substeps,
+      'timed_dispatches': args.steps,
       'backend': jax.default_backend(),
   }
   print(json.dumps(report, indent=2))

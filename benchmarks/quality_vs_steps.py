@@ -38,15 +38,29 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 _ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 _BUDGET = _ARGS.add_mutually_exclusive_group()
-_BUDGET.add_argument('--quick', action='store_true',
-                     help='shorter teacher, 16 -> 1 distillation, 500 samples')
-_BUDGET.add_argument('--smoke', action='store_true',
-                     help='the tiny test config: checks that the script runs')
-_ARGS.add_argument('--workdir', default=None,
-                   help='run directory (default: benchmarks/results/tmp/...)')
-_ARGS.add_argument('--out', default=None,
-                   help='where the JSON, PNG and Markdown go (default: '
-                   'benchmarks/results/; a temp dir with --smoke)')
+_BUDGET.add_argument(
+    '--quick',
+    action='store_true',
+    help='shorter teacher, 16 -> 1 distillation, 500 samples',
+)
+_BUDGET.add_argument(
+    '--smoke',
+    action='store_true',
+    help='the tiny test config: checks that the script runs',
+)
+_ARGS.add_argument(
+    '--workdir',
+    default=None,
+    help='run directory (default: benchmarks/results/tmp/...)',
+)
+_ARGS.add_argument(
+    '--out',
+    default=None,
+    help=(
+        'where the JSON, PNG and Markdown go (default: '
+        'benchmarks/results/; a temp dir with --smoke)'
+    ),
+)
 
 # The issue's targets: FD ratios are against the teacher's best DDIM FD over
 # its step counts; the time ratio is distillation (down to 4 steps) against
@@ -64,16 +78,24 @@ def quick_overrides(config):
   config.train.num_steps = 600
   config.distill.update(start_num_steps=16, steps_per_round=100)
   config.sample.teacher_num_steps = 16
-  config.eval.update(num_samples=500, teacher_num_steps=(1, 2, 4, 8, 16, 64),
-                     ancestral_num_steps=(4, 16, 64), reference_num_steps=64)
+  config.eval.update(
+      num_samples=500,
+      teacher_num_steps=(1, 2, 4, 8, 16, 64),
+      ancestral_num_steps=(4, 16, 64),
+      reference_num_steps=64,
+  )
   return config
 
 
 def _git_commit() -> str:
   try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_HERE,
-                          capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'],
+        cwd=_HERE,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
 
@@ -96,23 +118,29 @@ def target_checks(results: dict, timings: dict) -> dict:
   if None in to_4:
     to_4 = []
   measured = {
-      'distilled_4_over_best_teacher_fd': ratio(fd.get(('distilled', 4)),
-                                                best),
-      'distilled_1_over_best_teacher_fd': ratio(fd.get(('distilled', 1)),
-                                                best),
-      'ddim_4_over_distilled_4_fd': ratio(fd.get(('ddim', 4)),
-                                          fd.get(('distilled', 4))),
+      'distilled_4_over_best_teacher_fd': ratio(fd.get(('distilled', 4)), best),
+      'distilled_1_over_best_teacher_fd': ratio(fd.get(('distilled', 1)), best),
+      'ddim_4_over_distilled_4_fd': ratio(
+          fd.get(('ddim', 4)), fd.get(('distilled', 4))
+      ),
       'distill_to_4_over_teacher_seconds': ratio(
           sum(to_4) if to_4 and 4 in rounds else None,
-          timings['teacher_seconds']),
+          timings['teacher_seconds'],
+      ),
   }
   checks = {}
   for name, (direction, threshold) in TARGETS.items():
     value = measured[name]
-    met = None if value is None else (
-        value <= threshold if direction == '<=' else value >= threshold)
-    checks[name] = {'measured': value, 'target': f'{direction} {threshold}',
-                    'met': met}
+    met = (
+        None
+        if value is None
+        else (value <= threshold if direction == '<=' else value >= threshold)
+    )
+    checks[name] = {
+        'measured': value,
+        'target': f'{direction} {threshold}',
+        'met': met,
+    }
   checks['best_teacher_fd'] = best
   return checks
 
@@ -124,17 +152,20 @@ def main(args):
     config = config_checks.check_config(quick_overrides(config))
   suffix = '' if variant == 'full' else f'_{variant}'
   workdir = args.workdir or (
-      tempfile.mkdtemp(prefix='quality_smoke_') if args.smoke else
-      os.path.join(_HERE, 'results', 'tmp', f'quality_vs_steps{suffix}'))
-  out = args.out or (workdir if args.smoke else os.path.join(_HERE,
-                                                              'results'))
+      tempfile.mkdtemp(prefix='quality_smoke_')
+      if args.smoke
+      else os.path.join(_HERE, 'results', 'tmp', f'quality_vs_steps{suffix}')
+  )
+  out = args.out or (workdir if args.smoke else os.path.join(_HERE, 'results'))
 
   run = pipeline.Run(config, workdir)
   run.record_config()
   wall = {}
-  for name, phase in (('teacher', pipeline.train_teacher),
-                      ('distill', pipeline.distill),
-                      ('eval', evaluation.evaluate)):
+  for name, phase in (
+      ('teacher', pipeline.train_teacher),
+      ('distill', pipeline.distill),
+      ('eval', evaluation.evaluate),
+  ):
     start = time.time()
     result = phase(run)
     wall[name] = time.time() - start
@@ -149,22 +180,33 @@ def main(args):
       'teacher_seconds': checkpoints.model_meta(workdir, 0).get('seconds'),
       'distill_round_seconds': {
           n: checkpoints.model_meta(workdir, n).get('seconds')
-          for n in models if n > 0},
+          for n in models
+          if n > 0
+      },
       'eval_seconds': wall['eval'],
       'this_run_seconds': wall,
   }
   summary = {
       'variant': variant,
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec='seconds'),
+      'date': (
+          datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec='seconds'
+          )
+      ),
       'commit': _git_commit(),
-      'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores, '
-                 f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}',
+      'machine': (
+          f'{platform.machine()}, {os.cpu_count()} CPU cores, '
+          f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'
+      ),
       'jax_version': jax.__version__,
-      'config': {'train_steps': config.train.num_steps,
-                 'distill': f'{config.distill.start_num_steps} -> '
-                            f'{config.distill.end_num_steps}, '
-                            f'{config.distill.steps_per_round} steps/round'},
+      'config': {
+          'train_steps': config.train.num_steps,
+          'distill': (
+              f'{config.distill.start_num_steps} -> '
+              f'{config.distill.end_num_steps}, '
+              f'{config.distill.steps_per_round} steps/round'
+          ),
+      },
       'timings': timings,
       'targets': target_checks(results, timings),
       'eval': results,
@@ -174,9 +216,11 @@ def main(args):
   files.write_json(summary, stem + '.json')
   evaluation.plot_fd_vs_steps(results, stem + '.png')
   with open(stem + '.md', 'w') as f:
-    f.write(f'{summary["date"]}, commit {summary["commit"]}, '
-            f'{summary["machine"]}; {summary["config"]["distill"]}, teacher '
-            f'{summary["config"]["train_steps"]} steps.\n\n')
+    f.write(
+        f'{summary["date"]}, commit {summary["commit"]}, '
+        f'{summary["machine"]}; {summary["config"]["distill"]}, teacher '
+        f'{summary["config"]["train_steps"]} steps.\n\n'
+    )
     f.write(evaluation.markdown_table(results))
   print(evaluation.markdown_table(results))
   for name, check in summary['targets'].items():

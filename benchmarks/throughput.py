@@ -39,43 +39,96 @@ from diffusion_distillation import sharding
 from diffusion_distillation import train_state as train_state_lib
 
 _ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument('--smoke', action='store_true',
-                   help='a tiny network (from configs/test.py), a couple of '
-                   'iterations: checks the script, measures nothing useful')
-_ARGS.add_argument('--out', default=None, help='JSON path (default: '
-                   'benchmarks/results/throughput.json, or a temporary '
-                   'directory with --smoke)')
-_ARGS.add_argument('--models', default='digits,cifar10',
-                   help='comma-separated: digits, cifar10')
-_ARGS.add_argument('--iters', type=int, default=5,
-                   help='timed calls per step and per matmul run')
-_ARGS.add_argument('--sample_iters', type=int, default=3,
-                   help='timed calls per sampled step count, each '
-                   'after a timed forward')
-_ARGS.add_argument('--digits_batch', type=int, default=128,
-                   help='train/distill batch of the digits network')
+_ARGS.add_argument(
+    '--smoke',
+    action='store_true',
+    help=(
+        'a tiny network (from configs/test.py), a couple of '
+        'iterations: checks the script, measures nothing useful'
+    ),
+)
+_ARGS.add_argument(
+    '--out',
+    default=None,
+    help=(
+        'JSON path (default: '
+        'benchmarks/results/throughput.json, or a temporary '
+        'directory with --smoke)'
+    ),
+)
+_ARGS.add_argument(
+    '--models',
+    default='digits,cifar10',
+    help='comma-separated: digits, cifar10',
+)
+_ARGS.add_argument(
+    '--iters',
+    type=int,
+    default=5,
+    help='timed calls per step and per matmul run',
+)
+_ARGS.add_argument(
+    '--sample_iters',
+    type=int,
+    default=3,
+    help='timed calls per sampled step count, each after a timed forward',
+)
+_ARGS.add_argument(
+    '--digits_batch',
+    type=int,
+    default=128,
+    help='train/distill batch of the digits network',
+)
 _ARGS.add_argument('--digits_sample_batch', type=int, default=32)
-_ARGS.add_argument('--digits_sample_steps', type=int, default=1024,
-                   help='most DDIM steps sampled; below --teacher_steps the '
-                   "teacher's time is derived from the forward time")
-_ARGS.add_argument('--cifar_batch', type=int, default=4,
-                   help='train/distill batch of the CIFAR-10 network')
+_ARGS.add_argument(
+    '--digits_sample_steps',
+    type=int,
+    default=1024,
+    help=(
+        'most DDIM steps sampled; below --teacher_steps the '
+        "teacher's time is derived from the forward time"
+    ),
+)
+_ARGS.add_argument(
+    '--cifar_batch',
+    type=int,
+    default=4,
+    help='train/distill batch of the CIFAR-10 network',
+)
 _ARGS.add_argument('--cifar_sample_batch', type=int, default=4)
 _ARGS.add_argument('--cifar_sample_steps', type=int, default=16)
 _ARGS.add_argument('--teacher_steps', type=int, default=1024)
 _ARGS.add_argument('--student_steps', type=int, default=4)
-_ARGS.add_argument('--substeps', type=int, default=1,
-                   help='optimizer steps per call (K of the [K, B, ...] '
-                   'batch); 1 keeps CPU compiles short')
+_ARGS.add_argument(
+    '--substeps',
+    type=int,
+    default=1,
+    help=(
+        'optimizer steps per call (K of the [K, B, ...] '
+        'batch); 1 keeps CPU compiles short'
+    ),
+)
 _ARGS.add_argument('--matmul_size', type=int, default=4096)
-_ARGS.add_argument('--matmul_dtypes', default='',
-                   help='comma-separated; default float32 on CPU (bfloat16 '
-                   'is slower than float32 there), float32,bfloat16 else')
+_ARGS.add_argument(
+    '--matmul_dtypes',
+    default='',
+    help=(
+        'comma-separated; default float32 on CPU (bfloat16 '
+        'is slower than float32 there), float32,bfloat16 else'
+    ),
+)
 _ARGS.add_argument('--memory_probe', default='', help=argparse.SUPPRESS)
 
 # One tiny model as 'digits', its teacher time derived from 4 sampled steps.
-_SMOKE = dict(models='digits', iters=2, sample_iters=1, digits_batch=2,
-              digits_sample_batch=2, digits_sample_steps=4, matmul_size=512)
+_SMOKE = dict(
+    models='digits',
+    iters=2,
+    sample_iters=1,
+    digits_batch=2,
+    digits_sample_batch=2,
+    digits_sample_steps=4,
+    matmul_size=512,
+)
 _IDEAL_DISTILL_OVER_TRAIN = 5 / 3
 _TARGET_DISTILL_OVER_TRAIN = 1.8
 _TARGET_SAMPLER_OVERHEAD = 1.1
@@ -94,23 +147,30 @@ def _model_specs(args) -> dict:
         source = 'configs/test.py with ch_mult (1,), no attention'
       else:
         config, source = load('digits'), 'configs/digits.py'
-      specs[name] = dict(config=config, source=source,
-                         batch=args.digits_batch,
-                         sample_batch=args.digits_sample_batch,
-                         max_sample_steps=args.digits_sample_steps)
+      specs[name] = dict(
+          config=config,
+          source=source,
+          batch=args.digits_batch,
+          sample_batch=args.digits_sample_batch,
+          max_sample_steps=args.digits_sample_steps,
+      )
     elif name == 'cifar10':
       config, source = load('cifar10'), 'configs/cifar10.py'
-      specs[name] = dict(config=config, source=source, batch=args.cifar_batch,
-                         sample_batch=args.cifar_sample_batch,
-                         max_sample_steps=args.cifar_sample_steps)
+      specs[name] = dict(
+          config=config,
+          source=source,
+          batch=args.cifar_batch,
+          sample_batch=args.cifar_sample_batch,
+          max_sample_steps=args.cifar_sample_steps,
+      )
     else:
-      raise ValueError(f'Unknown model {name!r} in --models; choose from '
-                       'digits, cifar10.')
+      raise ValueError(
+          f'Unknown model {name!r} in --models; choose from digits, cifar10.'
+      )
   for spec in specs.values():
     config = spec['config']
     for section in ('train', 'distill'):
-      config[section].update(batch_size=spec['batch'],
-                             substeps=args.substeps)
+      config[section].update(batch_size=spec['batch'], substeps=args.substeps)
     config.sample.batch_size = spec['sample_batch']
   return specs
 
@@ -124,10 +184,13 @@ def _state_bytes(spec: dict, kind: str) -> dict:
   config = spec['config']
   network = network_lib.build_network(config, dropout=0.0)
   state = train_state_lib.abstract_state(
-      network, config, train_state_lib.make_optimizer(config, kind))
-  held = {'params': _tree_bytes(state.params),
-          'opt_state': _tree_bytes(state.opt_state),
-          'ema_params': _tree_bytes(state.ema_params)}
+      network, config, train_state_lib.make_optimizer(config, kind)
+  )
+  held = {
+      'params': _tree_bytes(state.params),
+      'opt_state': _tree_bytes(state.opt_state),
+      'ema_params': _tree_bytes(state.ema_params),
+  }
   if kind == 'distill':
     held['teacher_params'] = _tree_bytes(state.params)
   held['total'] = sum(held.values())
@@ -144,13 +207,15 @@ def _memory_probe(args):
   model, kind = args.memory_probe.split(':')
   spec = _model_specs(args)[model]
   mesh = sharding.make_mesh()
-  step = timing.PreparedStep(spec['config'], kind, mesh,
-                             batch_size=spec['batch'])  # compiles or loads
+  step = timing.PreparedStep(
+      spec['config'], kind, mesh, batch_size=spec['batch']
+  )  # compiles or loads
   del step
   gc.collect()
   rss_runtime = timing.proc_status_bytes('VmRSS')
-  step = timing.PreparedStep(spec['config'], kind, mesh,
-                             batch_size=spec['batch'])
+  step = timing.PreparedStep(
+      spec['config'], kind, mesh, batch_size=spec['batch']
+  )
   rss_with_state = timing.proc_status_bytes('VmRSS')
   with open('/proc/self/clear_refs', 'w') as f:
     f.write('5')  # resets VmHWM, the peak RSS
@@ -163,8 +228,9 @@ def _memory_probe(args):
       'peak_rss_step_bytes': peak_step,
       'peak_rss_above_runtime_bytes': peak_step - rss_runtime,
       # ru_maxrss is in KiB on Linux; it includes compilation.
-      'peak_rss_process_bytes': resource.getrusage(
-          resource.RUSAGE_SELF).ru_maxrss * 1024,
+      'peak_rss_process_bytes': (
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+      ),
   }
   stats = jax.devices()[0].memory_stats()
   if stats and 'peak_bytes_in_use' in stats:
@@ -176,33 +242,50 @@ def _run_memory_probe(model: str, kind: str, cache_dir: str) -> dict:
   """_memory_probe in a fresh process that loads this one's executables."""
   # glibc otherwise keeps freed large buffers on its heap once its adaptive
   # mmap threshold has grown, and RSS would not fall when buffers are freed.
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
-             MALLOC_MMAP_THRESHOLD_='65536')
+  env = dict(
+      os.environ,
+      JAX_COMPILATION_CACHE_DIR=cache_dir,
+      MALLOC_MMAP_THRESHOLD_='65536',
+  )
   result = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.throughput'] + sys.argv[1:] +
-      [f'--memory_probe={model}:{kind}'],
-      cwd=timing.REPO, env=env, capture_output=True, text=True, check=False)
+      [sys.executable, '-m', 'benchmarks.throughput']
+      + sys.argv[1:]
+      + [f'--memory_probe={model}:{kind}'],
+      cwd=timing.REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   if result.returncode:
-    raise RuntimeError(f'memory probe {model}:{kind} failed:\n'
-                       f'{result.stderr[-4000:]}')
+    raise RuntimeError(
+        f'memory probe {model}:{kind} failed:\n{result.stderr[-4000:]}'
+    )
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _measure_steps(spec: dict, mesh, args) -> dict:
   """Images/s and FLOPs of train_step and distill_step, timed in turns."""
-  prepared = {kind: timing.PreparedStep(spec['config'], kind, mesh,
-                                       batch_size=spec['batch'])
-              for kind in ('train', 'distill')}
+  prepared = {
+      kind: timing.PreparedStep(
+          spec['config'], kind, mesh, batch_size=spec['batch']
+      )
+      for kind in ('train', 'distill')
+  }
   times = timing.interleaved_seconds(
-      [(kind, p.call) for kind, p in prepared.items()], args.iters)
+      [(kind, p.call) for kind, p in prepared.items()], args.iters
+  )
   result = {}
   for kind, p in prepared.items():
     seconds, images = statistics.median(times[kind]), p.images_per_call
     result[f'{kind}_step'] = {
-        'seconds_median': seconds, 'seconds_all': times[kind],
-        'images_per_call': images, 'images_per_sec': images / seconds,
+        'seconds_median': seconds,
+        'seconds_all': times[kind],
+        'images_per_call': images,
+        'images_per_sec': images / seconds,
         'compile_seconds': p.compile_seconds,
-        'flops': p.flops, 'flops_per_image': p.flops / images,
+        'flops': p.flops,
+        'flops_per_image': p.flops / images,
         'flops_per_sec': p.flops / seconds,
         'xla_memory_bytes': p.xla_memory_bytes,
     }
@@ -215,10 +298,12 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
   network = network_lib.build_network(config, dropout=0.0)  # as sampling
   shard = sharding.sample_sharding(mesh)
   forward = jax.jit(
-      lambda p, z, logsnr, y: network.apply({'params': p}, z, logsnr, y,
-                                            train=False),
+      lambda p, z, logsnr, y: network.apply(
+          {'params': p}, z, logsnr, y, train=False
+      ),
       in_shardings=(sharding.replicated(mesh), shard, shard, shard),
-      out_shardings=shard)
+      out_shardings=shard,
+  )
   sampler = sampling.Sampler(network, config, mesh)
   labels = sampling.sample_labels_for(config, batch_size)
   z = sampler.noise(batch_size, seed=0)
@@ -231,7 +316,8 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
   calls = []
   for num_steps in sorted({args.student_steps, spec['max_sample_steps']}):
     run = lambda n=num_steps: sampler.sample(
-        params, num_steps=n, num_samples=batch_size, labels=labels)
+        params, num_steps=n, num_samples=batch_size, labels=labels
+    )
     run()  # compiles this step count
     calls += [('forward', run_forward), (num_steps, run)]
   times = timing.interleaved_seconds(calls, args.sample_iters)
@@ -243,17 +329,23 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
     teacher_seconds, source = sample_seconds[args.teacher_steps], 'measured'
   else:
     teacher_seconds = args.teacher_steps * forward_seconds * overhead[longest]
-    source = (f'derived: {args.teacher_steps} x forward time x the overhead '
-              f'measured at {longest} steps')
+    source = (
+        f'derived: {args.teacher_steps} x forward time x the overhead '
+        f'measured at {longest} steps'
+    )
   student_seconds = sample_seconds[args.student_steps]
   return {
-      'forward': {'batch_size': batch_size, 'seconds_median': forward_seconds,
-                  'flops': timing.flops(compiled)},
+      'forward': {
+          'batch_size': batch_size,
+          'seconds_median': forward_seconds,
+          'flops': timing.flops(compiled),
+      },
       'sampling': {
           'batch_size': batch_size,
           'seconds': {str(n): s for n, s in sample_seconds.items()},
-          'images_per_sec': {str(n): batch_size / s
-                             for n, s in sample_seconds.items()},
+          'images_per_sec': {
+              str(n): batch_size / s for n, s in sample_seconds.items()
+          },
           'overhead': {str(n): o for n, o in overhead.items()},
           'overhead_target_max': _TARGET_SAMPLER_OVERHEAD,
       },
@@ -261,7 +353,8 @@ def _measure_sampling(spec: dict, params, mesh, args) -> dict:
           'student_steps': args.student_steps,
           'teacher_steps': args.teacher_steps,
           'student_seconds': student_seconds,
-          'teacher_seconds': teacher_seconds, 'teacher_source': source,
+          'teacher_seconds': teacher_seconds,
+          'teacher_source': source,
           'speedup': teacher_seconds / student_seconds,
           'ideal': args.teacher_steps / args.student_steps,
       },
@@ -275,16 +368,20 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
   result = {
       'config': spec['source'],
       'parameters': sum(a.size for a in jax.tree_util.tree_leaves(abstract)),
-      'image_shape': [config.dataset.image_size] * 2 + [
-          config.dataset.channels],
-      'batch_size': spec['batch'], 'substeps': config.train.substeps,
+      'image_shape': (
+          [config.dataset.image_size] * 2 + [config.dataset.channels]
+      ),
+      'batch_size': spec['batch'],
+      'substeps': config.train.substeps,
   }
   timing.progress(f'{name}: timing train_step and distill_step in turns')
   result.update(_measure_steps(spec, mesh, args))
   train, distill = result['train_step'], result['distill_step']
   result['distill_over_train'] = {
-      'time_per_image': (distill['seconds_median'] / distill['images_per_call'])
-                        / (train['seconds_median'] / train['images_per_call']),
+      'time_per_image': (
+          (distill['seconds_median'] / distill['images_per_call'])
+          / (train['seconds_median'] / train['images_per_call'])
+      ),
       'flops': distill['flops'] / train['flops'],
       'ideal': _IDEAL_DISTILL_OVER_TRAIN,
       'target_max': _TARGET_DISTILL_OVER_TRAIN,
@@ -292,14 +389,16 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
   timing.progress(f'{name}: timing the forward and the sampler in turns')
   params = jax.jit(
       lambda key: network_lib.init_params(network, config, key),
-      out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
+      out_shardings=sharding.replicated(mesh),
+  )(jax.random.key(config.seed))
   result.update(_measure_sampling(spec, params, mesh, args))
   for kind in ('train', 'distill'):
     timing.progress(f'{name}: memory of {kind}_step (fresh process)')
     memory = _run_memory_probe(name, kind, cache_dir)
     memory['state_bytes'] = _state_bytes(spec, kind)
-    held = memory.get('device_peak_bytes',
-                      memory['peak_rss_above_runtime_bytes'])
+    held = memory.get(
+        'device_peak_bytes', memory['peak_rss_above_runtime_bytes']
+    )
     memory['peak_over_state'] = held / memory['state_bytes']['total']
     result[f'{kind}_step']['memory'] = memory
   return result
@@ -308,42 +407,57 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
 def _summary(report: dict) -> str:
   """A readable table of the figures."""
   mib = lambda b: f'{b / 2**20:.0f} MiB'
-  peaks = ', '.join(f'{d} {f / 1e9:.0f} GFLOP/s'
-                    for d, f in report['matmul']['flops_per_sec'].items())
-  lines = [f"{report['date']}  {report['machine']['backend']} "
-           f"({report['machine']['cpu_count']} CPUs)  jax "
-           f"{report['jax_version']}  commit {report['git_commit']}",
-           f"matmul {report['matmul']['size']}^2 peak: {peaks}"]
+  peaks = ', '.join(
+      f'{d} {f / 1e9:.0f} GFLOP/s'
+      for d, f in report['matmul']['flops_per_sec'].items()
+  )
+  lines = [
+      (
+          f"{report['date']}  {report['machine']['backend']} "
+          f"({report['machine']['cpu_count']} CPUs)  jax "
+          f"{report['jax_version']}  commit {report['git_commit']}"
+      ),
+      f"matmul {report['matmul']['size']}^2 peak: {peaks}",
+  ]
   for name, m in report['models'].items():
     ratio, speedup = m['distill_over_train'], m['student_speedup']
-    lines.append(f"\n{name} ({m['config']}, {m['parameters']:,} parameters, "
-                 f"batch {m['batch_size']})")
+    lines.append(
+        f"\n{name} ({m['config']}, {m['parameters']:,} parameters, "
+        f"batch {m['batch_size']})"
+    )
     for kind in ('train_step', 'distill_step'):
       s = m[kind]
-      fractions = ', '.join(f'{f:.0%} of {d}'
-                            for d, f in s['fraction_of_matmul'].items())
+      fractions = ', '.join(
+          f'{f:.0%} of {d}' for d, f in s['fraction_of_matmul'].items()
+      )
       mem = s['memory']
       peak = mem.get('device_peak_bytes', mem['peak_rss_above_runtime_bytes'])
       lines.append(
           f"  {kind:13s} {s['images_per_sec']:8.1f} images/s  "
           f"{s['seconds_median'] * 1e3:8.1f} ms  {s['flops'] / 1e9:8.2f} "
           f"GFLOP  {s['flops_per_sec'] / 1e9:6.1f} GFLOP/s ({fractions})  "
-          f"peak {mib(peak)} vs state {mib(mem['state_bytes']['total'])}")
+          f"peak {mib(peak)} vs state {mib(mem['state_bytes']['total'])}"
+      )
     lines.append(
         f"  distill/train per image {ratio['time_per_image']:.2f} (FLOPs "
         f"{ratio['flops']:.2f}; ideal {ratio['ideal']:.2f}, target <= "
-        f"{ratio['target_max']})")
+        f"{ratio['target_max']})"
+    )
     samples = m['sampling']
     lines.append(
         f"  forward {m['forward']['seconds_median'] * 1e3:.2f} ms at batch "
-        f"{samples['batch_size']}; sampler overhead " + ', '.join(
-            f'{o:.2f} at {n} steps' for n, o in samples['overhead'].items()) +
-        f" (target <= {samples['overhead_target_max']})")
+        f"{samples['batch_size']}; sampler overhead "
+        + ', '.join(
+            f'{o:.2f} at {n} steps' for n, o in samples['overhead'].items()
+        )
+        + f" (target <= {samples['overhead_target_max']})"
+    )
     lines.append(
         f"  {speedup['student_steps']}-step student vs "
         f"{speedup['teacher_steps']}-step teacher: {speedup['speedup']:.0f}x "
         f"images/s (ideal {speedup['ideal']:.0f}x; teacher "
-        f"{speedup['teacher_source']})")
+        f"{speedup['teacher_source']})"
+    )
   return '\n'.join(lines)
 
 
@@ -354,8 +468,10 @@ def main(args):
     _memory_probe(args)
     return
   out = args.out or (
-      os.path.join(tempfile.mkdtemp(), 'throughput.json') if args.smoke else
-      os.path.join(timing.RESULTS, 'throughput.json'))
+      os.path.join(tempfile.mkdtemp(), 'throughput.json')
+      if args.smoke
+      else os.path.join(timing.RESULTS, 'throughput.json')
+  )
   with tempfile.TemporaryDirectory() as own_cache:
     # The memory probes load the executables this process compiles.
     cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR', own_cache)
@@ -363,16 +479,23 @@ def main(args):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
     backend = jax.default_backend()
-    dtypes = (args.matmul_dtypes.split(',') if args.matmul_dtypes else
-              ['float32'] if backend == 'cpu' else ['float32', 'bfloat16'])
+    dtypes = (
+        args.matmul_dtypes.split(',')
+        if args.matmul_dtypes
+        else ['float32']
+        if backend == 'cpu'
+        else ['float32', 'bfloat16']
+    )
     matmuls = [(d, timing.matmul(args.matmul_size, d)) for d in dtypes]
     matmul_runs = []  # before and after each model: the best is the peak
 
     def time_matmul():
       timing.progress('timing the matmul peak')
       times = timing.interleaved_seconds(matmuls, args.iters)
-      matmul_runs.append({d: 2 * args.matmul_size**3 / statistics.median(t)
-                          for d, t in times.items()})
+      matmul_runs.append({
+          d: 2 * args.matmul_size**3 / statistics.median(t)
+          for d, t in times.items()
+      })
 
     time_matmul()
     mesh = sharding.make_mesh()
@@ -385,18 +508,29 @@ def main(args):
   for model in models.values():
     for kind in ('train_step', 'distill_step'):
       model[kind]['fraction_of_matmul'] = {
-          d: model[kind]['flops_per_sec'] / p for d, p in peak.items()}
+          d: model[kind]['flops_per_sec'] / p for d, p in peak.items()
+      }
   report = {
       **timing.provenance(),
       'smoke': args.smoke,
-      'settings': {k: v for k, v in vars(args).items()
-                   if k not in ('out', 'memory_probe')},
-      'matmul': {'size': args.matmul_size, 'flops_per_sec': peak,
-                 'runs': matmul_runs,
-                 'note': 'the best of the runs; float32 at the default matmul '
-                         'precision' + ('' if 'bfloat16' in peak else
-                                        '; bfloat16 skipped: slower than '
-                                        'float32 on CPU')},
+      'settings': {
+          k: v
+          for k, v in vars(args).items()
+          if k not in ('out', 'memory_probe')
+      },
+      'matmul': {
+          'size': args.matmul_size,
+          'flops_per_sec': peak,
+          'runs': matmul_runs,
+          'note': (
+              'the best of the runs; float32 at the default matmul precision'
+              + (
+                  ''
+                  if 'bfloat16' in peak
+                  else '; bfloat16 skipped: slower than float32 on CPU'
+              )
+          ),
+      },
       'models': models,
   }
   print(_summary(report))

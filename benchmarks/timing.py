@@ -50,8 +50,10 @@ def matmul(size: int, dtype: str):
   Its FLOP rate, 2 size^3 / seconds, is the practical peak that the steps'
   rates are compared with (their share of it: the model FLOP utilisation).
   """
-  a, b = (jax.random.normal(k, (size, size), dtype)
-          for k in jax.random.split(jax.random.key(0)))
+  a, b = (
+      jax.random.normal(k, (size, size), dtype)
+      for k in jax.random.split(jax.random.key(0))
+  )
   compiled = jax.jit(jnp.matmul)
   for _ in range(2):
     jax.block_until_ready(compiled(a, b))
@@ -69,21 +71,26 @@ def flops(compiled) -> float:
 def xla_memory(compiled) -> dict:
   """The compiled executable's memory plan, in bytes."""
   stats = compiled.memory_analysis()
-  return {name: int(getattr(stats, f'{name}_size_in_bytes'))
-          for name in ('argument', 'output', 'alias', 'temp')}
+  return {
+      name: int(getattr(stats, f'{name}_size_in_bytes'))
+      for name in ('argument', 'output', 'alias', 'temp')
+  }
 
 
 def synthetic_batch(config, phase: str, mesh, batch_size: int) -> dict:
   """A [substeps, batch_size, H, W, C] batch of uniform noise, on the mesh."""
   substeps = config[phase].substeps
   size, channels = config.dataset.image_size, config.dataset.channels
-  num_classes = (config.dataset.num_classes
-                 if config.dataset.class_conditional else 1)
+  num_classes = (
+      config.dataset.num_classes if config.dataset.class_conditional else 1
+  )
   host_rng = np.random.default_rng(0)
-  images = host_rng.uniform(-1, 1, (substeps, batch_size, size, size,
-                                    channels)).astype(np.float32)
-  labels = host_rng.integers(0, num_classes, (substeps, batch_size),
-                             dtype=np.int32)
+  images = host_rng.uniform(
+      -1, 1, (substeps, batch_size, size, size, channels)
+  ).astype(np.float32)
+  labels = host_rng.integers(
+      0, num_classes, (substeps, batch_size), dtype=np.int32
+  )
   return sharding.device_batch(images, labels, mesh)
 
 
@@ -98,14 +105,14 @@ class PreparedStep:
     self.trainer = trainer_lib.build(config, phase, mesh)
     self.images_per_call = config[phase].substeps * batch_size
     self.teacher = self.trainer.init_params(jax.random.key(config.seed))
-    num_sample_steps = (config.distill.start_num_steps // 2
-                        if phase == 'distill' else 0)
+    num_sample_steps = (
+        config.distill.start_num_steps // 2 if phase == 'distill' else 0
+    )
     state = self.trainer.fresh_state(self.teacher, num_sample_steps)
     self.batch = synthetic_batch(config, phase, mesh, batch_size)
     args = (self.batch,) if phase == 'train' else (self.teacher, self.batch)
     start = time.perf_counter()
-    lowered = self.trainer.compiled_step.lower(state, *args,
-                                               self.trainer.rng)
+    lowered = self.trainer.compiled_step.lower(state, *args, self.trainer.rng)
     self.compiled = lowered.compile()
     self.compile_seconds = time.perf_counter() - start
     self.flops = flops(self.compiled)
@@ -119,8 +126,10 @@ class PreparedStep:
 
   def call(self):
     self._state, metrics = self.trainer.update(
-        self._state, self.batch,
-        None if self.trainer.phase == 'train' else self.teacher)
+        self._state,
+        self.batch,
+        None if self.trainer.phase == 'train' else self.teacher,
+    )
     return self._state, metrics
 
   def metrics(self) -> dict:
@@ -133,12 +142,17 @@ def machine() -> dict:
   cpu = platform.processor()
   if os.path.exists('/proc/cpuinfo'):
     with open('/proc/cpuinfo') as f:
-      names = [line.split(':', 1)[1].strip() for line in f
-               if line.startswith('model name')]
+      names = [
+          line.split(':', 1)[1].strip()
+          for line in f
+          if line.startswith('model name')
+      ]
     cpu = names[0] if names else cpu
   return {
-      'platform': platform.platform(), 'python': platform.python_version(),
-      'cpu': cpu, 'cpu_count': os.cpu_count(),
+      'platform': platform.platform(),
+      'python': platform.python_version(),
+      'cpu': cpu,
+      'cpu_count': os.cpu_count(),
       'memory_bytes': os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'),
       'backend': jax.default_backend(),
       'devices': [d.device_kind for d in jax.devices()],
@@ -146,16 +160,21 @@ def machine() -> dict:
 
 
 def git(*command) -> str:
-  result = subprocess.run(['git', '-C', REPO] + list(command),
-                          capture_output=True, text=True, check=False)
+  result = subprocess.run(
+      ['git', '-C', REPO] + list(command),
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   return result.stdout.strip() if result.returncode == 0 else ''
 
 
 def provenance() -> dict:
   """When, where and with what code a benchmark ran."""
   return {
-      'date': datetime.datetime.now().astimezone().isoformat(
-          timespec='seconds'),
+      'date': (
+          datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+      ),
       'machine': machine(),
       'jax_version': jax.__version__,
       'jaxlib_version': importlib.metadata.version('jaxlib'),

@@ -35,7 +35,7 @@ def get_config():
       num_classes=10,  # used only with class_conditional=True
       image_size=32,
       channels=3,
-      data_dir='',  # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir='',  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       shuffle_buffer=50_000,  # examples; the release's
   )
   config.model.update(

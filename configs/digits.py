@@ -1,4 +1,4 @@
-"""Digits 8x8 (scikit-learn's bundled data): teacher, then distillation to 1 step.
+"""Digits 8x8 (scikit-learn's bundled data): a teacher, distilled to 1 step.
 
 The embedded default: real data that ships with the package, so it runs
 offline on a laptop CPU.

@@ -1,12 +1,12 @@
 """ImageNet 64x64, class-conditional: the paper's teacher and its distillation.
 
 Every value follows Google's released `imagenet64_base.py` /
-`imagenet64_distill.py` (network, optimizer, rounds, preprocessing). ImageNet cannot be
-downloaded by tfds: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
-(from https://image-net.org, registration needed) in a directory and prepare
-it once; then train the teacher and distill it 1024 -> 512 -> ... -> 1
-sampling steps (10 rounds of 50,000 optimizer steps); re-running a command
-resumes it:
+`imagenet64_distill.py` (network, optimizer, rounds, preprocessing).
+ImageNet cannot be downloaded by tfds: put ILSVRC2012_img_train.tar and
+ILSVRC2012_img_val.tar (from https://image-net.org, registration needed) in
+a directory and prepare it once; then train the teacher and distill it
+1024 -> 512 -> ... -> 1 sampling steps (10 rounds of 50,000 optimizer
+steps); re-running a command resumes it:
 
   tfds build imagenet2012 --data_dir=gs://BUCKET/tensorflow_datasets \
       --manual_dir=/path/to/imagenet_tars
@@ -42,7 +42,7 @@ def get_config():
       num_classes=1000,
       image_size=64,  # central square crop, then area resize to this
       channels=3,
-      data_dir='',  # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir='',  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       manual_dir='',  # where the ImageNet tar files are (for `tfds build`)
       shuffle_buffer=50_000,  # examples; the release's
   )

@@ -1,9 +1,9 @@
 """LSUN bedroom 128x128, unconditional: the paper's teacher and distillation.
 
 Every value follows Google's released `bedroom128_base.py` /
-`bedroom128_distill.py` (network, optimizer, rounds, preprocessing). The paper trains
-ImageNet 64 and LSUN with one recipe (optimizer, batch 2048, 1024 -> 1
-steps in rounds of 50,000), so this config starts from
+`bedroom128_distill.py` (network, optimizer, rounds, preprocessing). The
+paper trains ImageNet 64 and LSUN with one recipe (optimizer, batch 2048,
+1024 -> 1 steps in rounds of 50,000), so this config starts from
 `configs/imagenet64.py` and changes the data and the network. Prepare the
 data once (tfds downloads it), then train the teacher and distill it;
 re-running a command resumes it:
@@ -36,7 +36,7 @@ def get_config():
       class_conditional=False,  # LSUN has no labels
       image_size=128,  # central square crop, then bilinear resize to this
       channels=3,
-      data_dir='',  # tfds data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir='',  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       shuffle_buffer=50_000,  # examples; the release's
   )
   config.model.update(

@@ -1,1 +1,1 @@
-"""Progressive distillation for fast sampling of diffusion models, in JAX/Flax."""
+"""Progressive distillation for fast sampling of diffusion models (JAX)."""

@@ -13,7 +13,7 @@ Workdir layout:
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
@@ -56,7 +56,8 @@ def check_run_config(workdir: str, config: ml_collections.ConfigDict):
           f'{workdir} holds a run of a different config: {key} is '
           f'{old.get(key, "<absent>")!r} there and '
           f'{new.get(key, "<absent>")!r} here; use a new --workdir or the '
-          'same config.')
+          'same config.'
+      )
 
 
 def record_run_config(workdir: str, config: ml_collections.ConfigDict):
@@ -67,34 +68,48 @@ def record_run_config(workdir: str, config: ml_collections.ConfigDict):
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   files.write_atomically(
-      path, json.dumps(json.loads(config.to_json_best_effort()), indent=2,
-                       sort_keys=True))
+      path,
+      json.dumps(
+          json.loads(config.to_json_best_effort()), indent=2, sort_keys=True
+      ),
+  )
 
 
-def manager(directory: str, *, max_to_keep: Optional[int]):
+def manager(directory: str, *, max_to_keep: int | None):
   """A synchronous orbax CheckpointManager (None keeps every step)."""
   return ocp.CheckpointManager(
       files.as_path(directory),
-      item_handlers={'state': ocp.StandardCheckpointHandler(),
-                     'meta': ocp.JsonCheckpointHandler()},
+      item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler(),
+      },
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True,
-          enable_async_checkpointing=False))
+          max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+      ),
+  )
 
 
 def save(mngr: ocp.CheckpointManager, step: int, tree: Any, meta: dict):
   """Saves `tree` and a JSON `meta` at `step`; written atomically by orbax."""
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
-            force=True)
+  mngr.save(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+      ),
+      force=True,
+  )
   mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_tree: Any):
   """(tree, meta) at `step`, placed as `abstract_tree`'s shardings say."""
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_tree),
-      meta=ocp.args.JsonRestore()))
+  restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_tree),
+          meta=ocp.args.JsonRestore(),
+      ),
+  )
   return restored['state'], restored['meta']
 
 
@@ -102,12 +117,15 @@ def models_dir(workdir: str) -> str:
   return os.path.join(workdir, 'models')
 
 
-def save_model(workdir: str, num_sample_steps: int, params: Any,
-               meta: dict):
+def save_model(workdir: str, num_sample_steps: int, params: Any, meta: dict):
   """Keeps a finished model (teacher: 0, student: its step count) forever."""
   mngr = manager(models_dir(workdir), max_to_keep=None)
-  save(mngr, num_sample_steps, {'params': params},
-       dict(meta, num_sample_steps=num_sample_steps))
+  save(
+      mngr,
+      num_sample_steps,
+      {'params': params},
+      dict(meta, num_sample_steps=num_sample_steps),
+  )
   mngr.close()
 
 
@@ -125,8 +143,9 @@ def model_meta(workdir: str, num_sample_steps: int) -> dict:
   """The JSON metadata saved with models/<num_sample_steps>, without the
   parameters (e.g. 'seconds' it took to train)."""
   mngr = manager(models_dir(workdir), max_to_keep=None)
-  meta = mngr.restore(num_sample_steps, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))['meta']
+  meta = mngr.restore(
+      num_sample_steps, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+  )['meta']
   mngr.close()
   return meta
 
@@ -140,11 +159,18 @@ def resolve_model_path(path: str, num_sample_steps: int = 0) -> tuple:
     return str(path.parent), int(path.name)
   raise errors.InputError(
       f'No model checkpoint at {path}: give a workdir that holds models/ '
-      '(e.g. one finished with --mode=train) or a models/<N> directory.')
+      '(e.g. one finished with --mode=train) or a models/<N> directory.'
+  )
 
 
-def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
-               sharding=None, source: str = 'checkpoint') -> tuple:
+def load_model(
+    path: str,
+    abstract_params: Any,
+    *,
+    num_sample_steps: int = 0,
+    sharding=None,
+    source: str = 'checkpoint',
+) -> tuple:
   """Loads a model's parameters, checking them against the network's shapes.
 
   Args:
@@ -165,7 +191,8 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
   if not (files.as_path(directory) / str(step)).is_dir():
     raise errors.InputError(
         f'Missing {source}: {directory}/{step} does not exist; train it first '
-        '(--mode=train) or point the config at an existing one.')
+        '(--mode=train) or point the config at an existing one.'
+    )
   mngr = manager(directory, max_to_keep=None)
   metadata = mngr.item_metadata(step)['state']['params']
   check_param_shapes(metadata, abstract_params, f'{source} {directory}/{step}')
@@ -175,7 +202,8 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-      abstract_params)
+      abstract_params,
+  )
   params, meta = restore(mngr, step, {'params': target})
   mngr.close()
   return params['params'], meta
@@ -183,23 +211,28 @@ def load_model(path: str, abstract_params: Any, *, num_sample_steps: int = 0,
 
 def check_param_shapes(found: Any, expected: Any, source: str):
   """Raises InputError naming the first parameter that does not fit."""
+
   def by_name(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(
-        leaf.shape) for path, leaf in leaves}
+    return {
+        '/'.join(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+        for path, leaf in leaves
+    }
 
   found, expected = by_name(found), by_name(expected)
   for name in sorted(set(found) | set(expected)):
     if name not in found:
       raise errors.InputError(
           f'{source} lacks parameter {name} (shape {expected[name]}) that this '
-          "config's network has; the model config does not match it.")
+          "config's network has; the model config does not match it."
+      )
     if name not in expected:
       raise errors.InputError(
           f"{source} has parameter {name} that this config's network lacks; "
-          'the model config does not match it.')
+          'the model config does not match it.'
+      )
     if found[name] != expected[name]:
       raise errors.InputError(
-          f'{source} does not fit this config\'s network: parameter {name} '
-          f'has shape {found[name]} there and {expected[name]} here.')
-
+          f"{source} does not fit this config's network: parameter {name} "
+          f'has shape {found[name]} there and {expected[name]} here.'
+      )

@@ -23,8 +23,10 @@ class _QuietLibraries(logging_lib.Filter):
   """Drops INFO chatter of orbax, TensorFlow and JAX; warnings still show."""
 
   def filter(self, record):
-    noisy = any(f'/{name}/' in record.pathname
-                for name in ('orbax', 'tensorflow', 'jax'))
+    noisy = any(
+        f'/{name}/' in record.pathname
+        for name in ('orbax', 'tensorflow', 'jax')
+    )
     return record.levelno >= logging_lib.WARNING or not noisy
 
 
@@ -53,7 +55,7 @@ def quiet_start():
   time (oneDNN, CPU instructions), which no environment variable silences
   in TF 2.21; and hides the INFO logs of orbax, TensorFlow and JAX."""
   with _stderr_held_back():
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel  # noqa: F401
+    import tensorflow  # noqa: F401
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 

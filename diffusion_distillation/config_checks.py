@@ -23,54 +23,67 @@ def check_round_range(start_num_steps: int, end_num_steps: int):
   if end_num_steps < 1 or start_num_steps <= end_num_steps:
     raise errors.InputError(
         f'distill.start_num_steps={start_num_steps} and end_num_steps='
-        f'{end_num_steps}: need start > end >= 1.')
+        f'{end_num_steps}: need start > end >= 1.'
+    )
   ratio = start_num_steps / end_num_steps
   if start_num_steps % end_num_steps or not math.log2(ratio).is_integer():
     raise errors.InputError(
         f'distill.start_num_steps / end_num_steps = {start_num_steps} / '
-        f'{end_num_steps} is not a power of two; each round halves the steps.')
+        f'{end_num_steps} is not a power of two; each round halves the steps.'
+    )
 
 
 def check_batch(batch_size: int, num_devices: int, section: str):
   if batch_size < 1 or batch_size % num_devices:
     raise errors.InputError(
         f'{section}.batch_size={batch_size} is not divisible by the '
-        f'{num_devices} devices; use a multiple of {num_devices}.')
+        f'{num_devices} devices; use a multiple of {num_devices}.'
+    )
 
 
 def check_dataset(dataset: ml_collections.ConfigDict):
   """The name is known; image size and classes fit a tfds dataset."""
   names = data.IN_MEMORY_DATASETS + tuple(data.TFDS_DATASETS)
   if dataset.name not in names:
-    raise errors.InputError(f'Unknown dataset.name {dataset.name!r}; choose one of '
-                      f'{names}.')
+    raise errors.InputError(
+        f'Unknown dataset.name {dataset.name!r}; choose one of {names}.'
+    )
   if dataset.name not in data.TFDS_DATASETS:
     return
   native_size, num_classes = data.TFDS_DATASETS[dataset.name]
   if native_size and dataset.image_size != native_size:
-    raise errors.InputError(f'dataset.image_size={dataset.image_size}, but '
-                      f'{dataset.name} images are {native_size}x{native_size}; '
-                      f'set it to {native_size}.')
+    raise errors.InputError(
+        f'dataset.image_size={dataset.image_size}, but '
+        f'{dataset.name} images are {native_size}x{native_size}; '
+        f'set it to {native_size}.'
+    )
   if dataset.channels != 3:
-    raise errors.InputError(f'dataset.channels={dataset.channels}, but '
-                      f'{dataset.name} images are RGB; set it to 3.')
+    raise errors.InputError(
+        f'dataset.channels={dataset.channels}, but '
+        f'{dataset.name} images are RGB; set it to 3.'
+    )
   if dataset.class_conditional and not num_classes:
-    raise errors.InputError(f'{dataset.name} has no labels; set '
-                      'dataset.class_conditional=False.')
+    raise errors.InputError(
+        f'{dataset.name} has no labels; set dataset.class_conditional=False.'
+    )
   if dataset.class_conditional and dataset.num_classes != num_classes:
-    raise errors.InputError(f'dataset.num_classes={dataset.num_classes}, but '
-                      f'{dataset.name} has {num_classes} classes; set it to '
-                      f'{num_classes}.')
+    raise errors.InputError(
+        f'dataset.num_classes={dataset.num_classes}, but '
+        f'{dataset.name} has {num_classes} classes; set it to '
+        f'{num_classes}.'
+    )
 
 
-def check_config(config: ml_collections.ConfigDict,
-                 num_devices: int = 1) -> ml_collections.ConfigDict:
+def check_config(
+    config: ml_collections.ConfigDict, num_devices: int = 1
+) -> ml_collections.ConfigDict:
   """Raises errors.InputError on the first invalid value; returns the config."""
   model = config.model
   try:
     schedules.get_logsnr_schedule(**model.logsnr_schedule)
     diffusion.check_mean_type(
-        model.mean_type, logsnr_min=model.logsnr_schedule.logsnr_min)
+        model.mean_type, logsnr_min=model.logsnr_schedule.logsnr_min
+    )
     diffusion.check_loss_weighting(model.mean_loss_weight_type)
     diffusion.check_variance(config.sample.logvar_type)
     unet.check_logsnr_input_type(model.logsnr_input_type)
@@ -80,9 +93,11 @@ def check_config(config: ml_collections.ConfigDict,
   if config.sample.sampler not in sampling.METHODS:
     raise errors.InputError(
         f'Unknown sample.sampler {config.sample.sampler!r}; choose one of '
-        f'{sampling.METHODS}.')
-  check_round_range(config.distill.start_num_steps,
-                    config.distill.end_num_steps)
+        f'{sampling.METHODS}.'
+    )
+  check_round_range(
+      config.distill.start_num_steps, config.distill.end_num_steps
+  )
   for section in ('train', 'distill'):
     check_batch(config[section].batch_size, num_devices, section)
     try:
@@ -90,12 +105,14 @@ def check_config(config: ml_collections.ConfigDict,
     except ValueError as e:
       raise errors.InputError(f'{section}: {e}') from None
     substeps = config[section].substeps
-    num_steps = config[section].get('num_steps',
-                                     config[section].get('steps_per_round'))
+    num_steps = config[section].get(
+        'num_steps', config[section].get('steps_per_round')
+    )
     if substeps < 1 or num_steps % substeps:
       raise errors.InputError(
           f'{section}: {num_steps} steps are not a multiple of substeps='
-          f'{substeps}; make them one.')
+          f'{substeps}; make them one.'
+      )
   check_batch(config.sample.batch_size, num_devices, 'sample')
   if 'eval' in config:
     check_eval(config.eval, num_devices)
@@ -105,12 +122,16 @@ def check_config(config: ml_collections.ConfigDict,
 def check_eval(settings: ml_collections.ConfigDict, num_devices: int):
   check_batch(settings.batch_size, num_devices, 'eval')
   if settings.num_samples < 2:
-    raise errors.InputError(f'eval.num_samples={settings.num_samples}: a Fréchet '
-                      'distance needs at least 2 samples.')
+    raise errors.InputError(
+        f'eval.num_samples={settings.num_samples}: a Fréchet '
+        'distance needs at least 2 samples.'
+    )
   for field in ('teacher_num_steps', 'ancestral_num_steps'):
     if any(n < 1 for n in settings[field]):
-      raise errors.InputError(f'eval.{field}={tuple(settings[field])}: step counts '
-                        'must be >= 1.')
+      raise errors.InputError(
+          f'eval.{field}={tuple(settings[field])}: step counts must be >= 1.'
+      )
   if settings.reference_num_steps < 1:
-    raise errors.InputError(f'eval.reference_num_steps={settings.reference_num_steps}'
-                      ' must be >= 1.')
+    raise errors.InputError(
+        f'eval.reference_num_steps={settings.reference_num_steps} must be >= 1.'
+    )

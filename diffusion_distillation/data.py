@@ -6,7 +6,7 @@ Images are scaled to [-1, 1] here and only here (the tfds datasets of
 `input_pipeline` call `uint8_to_unit_interval` too).
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,6 +16,7 @@ class Dataset(NamedTuple):
 
   images: [N, H, W, C] float32 in [-1, 1]; labels: [N] int32.
   """
+
   images: np.ndarray
   labels: np.ndarray
 
@@ -33,11 +34,13 @@ def uint8_to_unit_interval(pixels):
 def unit_interval_to_uint8(x):
   """[-1, 1] -> uint8 by clipping and rounding (the release truncated)."""
   return np.round(np.clip((np.asarray(x) + 1.0) * 127.5, 0, 255)).astype(
-      np.uint8)
+      np.uint8
+  )
 
 
-def load_digits(split: str = 'train', *, test_fraction: float = 0.2,
-                split_seed: int = 0) -> Dataset:
+def load_digits(
+    split: str = 'train', *, test_fraction: float = 0.2, split_seed: int = 0
+) -> Dataset:
   """scikit-learn's 1,797 8x8 handwritten digits (values 0-16), offline.
 
   Args:
@@ -48,20 +51,23 @@ def load_digits(split: str = 'train', *, test_fraction: float = 0.2,
   Returns:
     Dataset with images [N, 8, 8, 1] in [-1, 1] and labels [N] in 0..9.
   """
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets
+
   digits = datasets.load_digits()
   images = (digits.images / 16.0 * 255.0)[..., None]
   labels = digits.target.astype(np.int32)
   if split != 'all':
     if split not in ('train', 'test'):
-      raise ValueError(f"Unknown digits split {split!r}; use 'train', 'test' "
-                       "or 'all'.")
+      raise ValueError(
+          f"Unknown digits split {split!r}; use 'train', 'test' or 'all'."
+      )
     rng = np.random.default_rng(split_seed)
     is_test = np.zeros(len(labels), bool)
     for label in range(10):
       members = np.flatnonzero(labels == label)
-      held_out = rng.choice(members, int(round(test_fraction * len(members))),
-                            replace=False)
+      held_out = rng.choice(
+          members, int(round(test_fraction * len(members))), replace=False
+      )
       is_test[held_out] = True
     keep = is_test if split == 'test' else ~is_test
     images, labels = images[keep], labels[keep]
@@ -84,14 +90,22 @@ TFDS_DATASETS = {
 def load(name: str, split: str = 'train') -> Dataset:
   """The in-memory dataset `name` (only 'digits' ships with the package)."""
   if name not in IN_MEMORY_DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; choose one of '
-                     f'{IN_MEMORY_DATASETS}.')
+    raise ValueError(
+        f'Unknown dataset {name!r}; choose one of {IN_MEMORY_DATASETS}.'
+    )
   return load_digits(split)
 
 
-def batch_for_step(dataset: Dataset, *, seed: int, step: int,
-                   batch_size: int, substeps: int = 1,
-                   process_index: int = 0, process_count: int = 1):
+def batch_for_step(
+    dataset: Dataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    substeps: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+):
   """The training batch of optimizer steps [step, step + substeps).
 
   Each epoch is a fresh permutation of the data seeded by (seed, epoch), and
@@ -116,8 +130,9 @@ def batch_for_step(dataset: Dataset, *, seed: int, step: int,
   return dataset.images[order], dataset.labels[order]
 
 
-def sample_labels(num_samples: int, num_classes: int,
-                  labels: Optional[list] = None) -> np.ndarray:
+def sample_labels(
+    num_samples: int, num_classes: int, labels: list | None = None
+) -> np.ndarray:
   """Class labels for samples: the given ones cycled, else 0, 1, 2, ..."""
   if labels:
     bad = [y for y in labels if not 0 <= y < num_classes]

@@ -1,8 +1,8 @@
 """Diffusion math of progressive distillation, independent of any network.
 
 Everything is written in log-SNR: lambda = log(alpha^2 / sigma^2), with
-alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) and z = alpha x + sigma eps
-(variance preserving). Networks enter only as callables:
+alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) and
+z = alpha x + sigma eps (variance preserving). Networks enter only as callables:
 
   model_fn(z, logsnr) -> raw network output      (what the U-Net returns)
   denoise_fn(z, logsnr) -> Prediction(x, eps, v)  (see `make_denoise_fn`)
@@ -11,7 +11,8 @@ Shapes: z, x, eps, v are [B, ...]; logsnr is [B] (or a scalar) and is
 broadcast from the left.
 """
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ LOSS_WEIGHTINGS = ('constant', 'snr', 'snr_trunc', 'v_mse')
 
 class Prediction(NamedTuple):
   """A denoising prediction in all three parameterisations."""
+
   x: jnp.ndarray
   eps: jnp.ndarray
   v: jnp.ndarray
@@ -57,8 +59,9 @@ def log1mexp(x):
   small = x < jnp.log(2.0)
   x_small = jnp.where(small, x, 1.0)
   x_large = jnp.where(small, 1.0, x)
-  return jnp.where(small, jnp.log(-jnp.expm1(-x_small)),
-                   jnp.log1p(-jnp.exp(-x_large)))
+  return jnp.where(
+      small, jnp.log(-jnp.expm1(-x_small)), jnp.log1p(-jnp.exp(-x_large))
+  )
 
 
 @log1mexp.defjvp
@@ -87,14 +90,16 @@ def x_from_eps(*, z, eps, logsnr):
   """x = (z - sigma eps) / alpha; undefined where alpha = 0."""
   logsnr = broadcast_from_left(logsnr, z.shape)
   return jnp.sqrt(1.0 + jnp.exp(-logsnr)) * (
-      z - eps * jax.lax.rsqrt(1.0 + jnp.exp(logsnr)))
+      z - eps * jax.lax.rsqrt(1.0 + jnp.exp(logsnr))
+  )
 
 
 def eps_from_x(*, z, x, logsnr):
   """eps = (z - alpha x) / sigma; finite at alpha = 0 (lambda = -inf)."""
   logsnr = broadcast_from_left(logsnr, z.shape)
   return jnp.sqrt(1.0 + jnp.exp(logsnr)) * (
-      z - x * jax.lax.rsqrt(1.0 + jnp.exp(-logsnr)))
+      z - x * jax.lax.rsqrt(1.0 + jnp.exp(-logsnr))
+  )
 
 
 def v_from_x_eps(*, x, eps, logsnr):
@@ -129,11 +134,13 @@ def check_mean_type(mean_type: str, *, logsnr_min: float = -20.0):
   """Raises a one-line error for an unknown or ill-posed `mean_type`."""
   if mean_type not in MEAN_TYPES:
     raise ValueError(
-        f'Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.')
+        f'Unknown mean_type {mean_type!r}; choose one of {MEAN_TYPES}.'
+    )
   if mean_type == 'eps' and logsnr_min == -float('inf'):
     raise ValueError(
         "mean_type='eps' cannot predict x where alpha = 0 (logsnr_min = -inf);"
-        " use a finite logsnr_min such as -20, or mean_type 'x', 'v' or 'both'.")
+        " use a finite logsnr_min such as -20, or mean_type 'x', 'v' or 'both'."
+    )
 
 
 def output_channels(mean_type: str, data_channels: int) -> int:
@@ -142,8 +149,9 @@ def output_channels(mean_type: str, data_channels: int) -> int:
   return 2 * data_channels if mean_type == 'both' else data_channels
 
 
-def predict(model_output, *, z, logsnr, mean_type: str,
-            clip_x: bool) -> Prediction:
+def predict(
+    model_output, *, z, logsnr, mean_type: str, clip_x: bool
+) -> Prediction:
   """Turns a raw network output into (x, eps, v) predictions.
 
   Args:
@@ -185,14 +193,20 @@ def predict(model_output, *, z, logsnr, mean_type: str,
   return Prediction(x=x, eps=eps, v=v)
 
 
-def make_denoise_fn(model_fn: ModelFn, *, mean_type: str,
-                    clip_x: bool) -> DenoiseFn:
+def make_denoise_fn(
+    model_fn: ModelFn, *, mean_type: str, clip_x: bool
+) -> DenoiseFn:
   """Wraps a network `model_fn(z, logsnr)` into a `denoise_fn`."""
   check_mean_type(mean_type)
 
   def denoise_fn(z, logsnr):
-    return predict(model_fn(z, logsnr), z=z, logsnr=logsnr,
-                   mean_type=mean_type, clip_x=clip_x)
+    return predict(
+        model_fn(z, logsnr),
+        z=z,
+        logsnr=logsnr,
+        mean_type=mean_type,
+        clip_x=clip_x,
+    )
 
   return denoise_fn
 
@@ -204,8 +218,12 @@ def model_output_from_x(*, z, x, logsnr, mean_type: str):
   """
   pred = prediction_from_x(z=z, x=x, logsnr=logsnr)
   check_mean_type(mean_type)
-  return {'x': pred.x, 'eps': pred.eps, 'v': pred.v,
-          'both': jnp.concatenate([pred.x, pred.eps], axis=-1)}[mean_type]
+  return {
+      'x': pred.x,
+      'eps': pred.eps,
+      'v': pred.v,
+      'both': jnp.concatenate([pred.x, pred.eps], axis=-1),
+  }[mean_type]
 
 
 # ----------------------------------------------------------------------------
@@ -214,12 +232,15 @@ def model_output_from_x(*, z, x, logsnr, mean_type: str):
 
 def check_loss_weighting(weighting: str):
   if weighting not in LOSS_WEIGHTINGS:
-    raise ValueError(f'Unknown mean_loss_weight_type {weighting!r}; '
-                     f'choose one of {LOSS_WEIGHTINGS}.')
+    raise ValueError(
+        f'Unknown mean_loss_weight_type {weighting!r}; '
+        f'choose one of {LOSS_WEIGHTINGS}.'
+    )
 
 
-def loss_from_predictions(pred: Prediction, target: Prediction, *,
-                          weighting: str):
+def loss_from_predictions(
+    pred: Prediction, target: Prediction, *, weighting: str
+):
   """Per-example weighted denoising loss, [B].
 
   'constant': |x - x_hat|^2; 'snr': |eps - eps_hat|^2 = SNR |x - x_hat|^2;
@@ -267,9 +288,15 @@ def ddim_step(pred: Prediction, *, logsnr_s):
   return alpha_s * pred.x + sigma_s * pred.eps
 
 
-def distillation_target(teacher_fn: DenoiseFn, *, z, u, step_index,
-                        num_student_steps,
-                        logsnr_schedule: schedules.LogSNRSchedule):
+def distillation_target(
+    teacher_fn: DenoiseFn,
+    *,
+    z,
+    u,
+    step_index,
+    num_student_steps,
+    logsnr_schedule: schedules.LogSNRSchedule,
+):
   """The x target for a student of `num_student_steps` (paper Algorithm 2).
 
   Two teacher DDIM steps go from z at u to u' = u - 1/(2N) (the midpoint) and
@@ -301,16 +328,25 @@ def distillation_target(teacher_fn: DenoiseFn, *, z, u, step_index,
   alpha_t, _ = alpha_sigma(bcast(logsnr_t))
   alpha_s, _ = alpha_sigma(bcast(logsnr_s))
   # sigma_s / sigma_t in a form that does not cancel when both are small.
-  sigma_ratio = jnp.exp(0.5 * (jax.nn.softplus(bcast(logsnr_t)) -
-                               jax.nn.softplus(bcast(logsnr_s))))
+  sigma_ratio = jnp.exp(
+      0.5
+      * (jax.nn.softplus(bcast(logsnr_t)) - jax.nn.softplus(bcast(logsnr_s)))
+  )
   x_target = (z_s - sigma_ratio * z) / (alpha_s - sigma_ratio * alpha_t)
   x_target = jnp.where(bcast(step_index == 0), pred_mid.x, x_target)
   return jax.lax.stop_gradient(x_target)
 
 
-def denoising_loss(denoise_fn: DenoiseFn, *, x, rng,
-                   logsnr_schedule: schedules.LogSNRSchedule, num_steps: int,
-                   weighting: str, teacher_fn: Optional[DenoiseFn] = None):
+def denoising_loss(
+    denoise_fn: DenoiseFn,
+    *,
+    x,
+    rng,
+    logsnr_schedule: schedules.LogSNRSchedule,
+    num_steps: int,
+    weighting: str,
+    teacher_fn: DenoiseFn | None = None,
+):
   """Per-example training loss [B] of a denoiser on clean data x.
 
   Without a teacher this is the teacher's training loss (targets are the true
@@ -323,17 +359,24 @@ def denoising_loss(denoise_fn: DenoiseFn, *, x, rng,
   eps = jax.random.normal(rng_noise, x.shape, x.dtype)
   z = diffuse(x=x, eps=eps, logsnr=logsnr)
   if teacher_fn is None:
-    target = Prediction(x=x, eps=eps, v=v_from_x_eps(x=x, eps=eps,
-                                                     logsnr=logsnr))
+    target = Prediction(
+        x=x, eps=eps, v=v_from_x_eps(x=x, eps=eps, logsnr=logsnr)
+    )
   else:
     if isinstance(num_steps, int) and num_steps < 1:
       raise ValueError('Distillation needs a discrete student: num_steps >= 1.')
     x_target = distillation_target(
-        teacher_fn, z=z, u=u, step_index=step_index,
-        num_student_steps=num_steps, logsnr_schedule=logsnr_schedule)
+        teacher_fn,
+        z=z,
+        u=u,
+        step_index=step_index,
+        num_student_steps=num_steps,
+        logsnr_schedule=logsnr_schedule,
+    )
     target = prediction_from_x(z=z, x=x_target, logsnr=logsnr)
-  return loss_from_predictions(denoise_fn(z, logsnr), target,
-                               weighting=weighting)
+  return loss_from_predictions(
+      denoise_fn(z, logsnr), target, weighting=weighting
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -355,7 +398,8 @@ def posterior(*, x, z_t, logsnr_t, logsnr_s, variance: str):
   # r alpha_s / alpha_t = alpha_t sigma_s^2 / (sigma_t^2 alpha_s): finite and
   # exactly 0 at alpha_t = 0, where the naive product is inf * 0.
   mean = (alpha_t * sigma_s**2 / (sigma_t**2 * alpha_s)) * z_t + (
-      one_minus_r * alpha_s * x)
+      one_minus_r * alpha_s * x
+  )
   log_one_minus_r = log1mexp(logsnr_s - logsnr_t)
   logvar_small = log_one_minus_r + jax.nn.log_sigmoid(-logsnr_s)
   logvar_large = log_one_minus_r + jax.nn.log_sigmoid(-logsnr_t)
@@ -382,8 +426,10 @@ def _medium_fraction(variance):
 
 
 def _variance_error(variance):
-  return (f"Unknown logvar_type {variance!r}; choose 'fixed_large', "
-          "'fixed_small' or 'fixed_medium:f' with 0 <= f <= 1.")
+  return (
+      f"Unknown logvar_type {variance!r}; choose 'fixed_large', "
+      "'fixed_small' or 'fixed_medium:f' with 0 <= f <= 1."
+  )
 
 
 def check_variance(variance: str):
@@ -402,8 +448,13 @@ def _step_logsnrs(i, num_steps, logsnr_schedule, batch_size):
   return full(logsnr_schedule(t)), full(logsnr_schedule(s))
 
 
-def ddim_sample(denoise_fn: DenoiseFn, *, z_init, num_steps: int,
-                logsnr_schedule: schedules.LogSNRSchedule):
+def ddim_sample(
+    denoise_fn: DenoiseFn,
+    *,
+    z_init,
+    num_steps: int,
+    logsnr_schedule: schedules.LogSNRSchedule,
+):
   """Deterministic DDIM sampling in `num_steps` (static) steps.
 
   Args:
@@ -415,27 +466,37 @@ def ddim_sample(denoise_fn: DenoiseFn, *, z_init, num_steps: int,
   Returns:
     x [B, ...]: the last step returns the x prediction itself.
   """
+
   def body(k, z_t):
     i = num_steps - 1 - k
-    logsnr_t, logsnr_s = _step_logsnrs(i, num_steps, logsnr_schedule,
-                                       z_t.shape[0])
+    logsnr_t, logsnr_s = _step_logsnrs(
+        i, num_steps, logsnr_schedule, z_t.shape[0]
+    )
     pred = denoise_fn(z_t, logsnr_t)
     return jnp.where(i == 0, pred.x, ddim_step(pred, logsnr_s=logsnr_s))
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)
 
 
-def ancestral_step(pred: Prediction, *, z_t, logsnr_t, logsnr_s, noise,
-                   variance: str):
+def ancestral_step(
+    pred: Prediction, *, z_t, logsnr_t, logsnr_s, noise, variance: str
+):
   """One ancestral step: a draw from q(z_s | z_t, x = pred.x) given `noise`."""
-  mean, std = posterior(x=pred.x, z_t=z_t, logsnr_t=logsnr_t,
-                        logsnr_s=logsnr_s, variance=variance)
+  mean, std = posterior(
+      x=pred.x, z_t=z_t, logsnr_t=logsnr_t, logsnr_s=logsnr_s, variance=variance
+  )
   return mean + std * noise
 
 
-def ancestral_sample(denoise_fn: DenoiseFn, *, rng, z_init, num_steps: int,
-                     logsnr_schedule: schedules.LogSNRSchedule,
-                     variance: str = 'fixed_large'):
+def ancestral_sample(
+    denoise_fn: DenoiseFn,
+    *,
+    rng,
+    z_init,
+    num_steps: int,
+    logsnr_schedule: schedules.LogSNRSchedule,
+    variance: str = 'fixed_large',
+):
   """Ancestral ("noisy") sampling from the posterior q(z_s | z_t, x_hat).
 
   Fresh noise per step comes from fold_in(rng, i); the last step returns the
@@ -445,13 +506,19 @@ def ancestral_sample(denoise_fn: DenoiseFn, *, rng, z_init, num_steps: int,
 
   def body(k, z_t):
     i = num_steps - 1 - k
-    logsnr_t, logsnr_s = _step_logsnrs(i, num_steps, logsnr_schedule,
-                                       z_t.shape[0])
+    logsnr_t, logsnr_s = _step_logsnrs(
+        i, num_steps, logsnr_schedule, z_t.shape[0]
+    )
     pred = denoise_fn(z_t, logsnr_t)
-    noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape,
-                              z_t.dtype)
-    z_s = ancestral_step(pred, z_t=z_t, logsnr_t=logsnr_t, logsnr_s=logsnr_s,
-                         noise=noise, variance=variance)
+    noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape, z_t.dtype)
+    z_s = ancestral_step(
+        pred,
+        z_t=z_t,
+        logsnr_t=logsnr_t,
+        logsnr_s=logsnr_s,
+        noise=noise,
+        variance=variance,
+    )
     return jnp.where(i == 0, pred.x, z_s)
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)

@@ -28,7 +28,6 @@ import dataclasses
 import io
 import os
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -36,13 +35,13 @@ from absl import logging
 from matplotlib import figure
 
 from diffusion_distillation import checkpoints
+from diffusion_distillation import data
 from diffusion_distillation import errors
 from diffusion_distillation import files
-from diffusion_distillation import data
 from diffusion_distillation import metrics
+from diffusion_distillation import network as network_lib
 from diffusion_distillation import reference_network
 from diffusion_distillation import sampling
-from diffusion_distillation import network as network_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +53,7 @@ class Entry:
   method: 'ddim' | 'ancestral'.
   num_steps: sampling steps.
   """
+
   model_steps: int
   method: str
   num_steps: int
@@ -70,12 +70,13 @@ def plan(config, models: list) -> list:
   entries = []
   if 0 in models:
     entries += [Entry(0, 'ddim', n) for n in config.eval.teacher_num_steps]
-    entries += [Entry(0, 'ancestral', n)
-                for n in config.eval.ancestral_num_steps]
+    entries += [
+        Entry(0, 'ancestral', n) for n in config.eval.ancestral_num_steps
+    ]
   return entries + [Entry(n, 'ddim', n) for n in models if n > 0]
 
 
-def distilled_from(entry: Entry, config, models: list) -> Optional[Entry]:
+def distilled_from(entry: Entry, config, models: list) -> Entry | None:
   """The model a student was distilled from, sampled as in its round."""
   if not entry.model_steps:
     return None
@@ -97,18 +98,21 @@ def _models_to_evaluate(config, workdir) -> list:
   if 'eval' not in config:
     raise errors.InputError(
         'This config has no eval section; --mode=eval needs one (see '
-        'configs/digits.py).')
+        'configs/digits.py).'
+    )
   if config.dataset.name != 'digits':
     raise errors.InputError(
-        f'--mode=eval has a reference network for the bundled digits only, '
+        '--mode=eval has a reference network for the bundled digits only, '
         f'not {config.dataset.name!r}: FID on it needs InceptionV3 weights, '
         'which cannot be downloaded here; write samples with --mode=sample '
-        'and score them with an FID evaluator.')
+        'and score them with an FID evaluator.'
+    )
   models = checkpoints.saved_models(workdir)
   if not models:
     raise errors.InputError(
         f'No models in {workdir}/models to evaluate: run --mode=train (and '
-        'distill) first.')
+        'distill) first.'
+    )
   return models
 
 
@@ -121,19 +125,27 @@ def evaluate(run) -> dict:
   test, train = data.load_digits('test'), data.load_digits('train')
 
   def features(images):
-    return metrics.batched_features(reference.features, images,
-                                     batch_size=settings.batch_size)
+    return metrics.batched_features(
+        reference.features, images, batch_size=settings.batch_size
+    )
 
   test_stats = metrics.feature_stats(features(test.images))
   floor_count = min(settings.num_samples, len(train.labels))
-  floor_images = train.images[np.random.default_rng(settings.seed).permutation(
-      len(train.labels))[:floor_count]]
+  floor_images = train.images[
+      np.random.default_rng(settings.seed).permutation(len(train.labels))[
+          :floor_count
+      ]
+  ]
   floor_fd = metrics.frechet_distance(
-      metrics.feature_stats(features(floor_images)), test_stats)
+      metrics.feature_stats(features(floor_images)), test_stats
+  )
 
-  sampler = sampling.Sampler(network_lib.build_network(config, dropout=0.0),
-                             config, run.mesh,
-                             batch_size=settings.batch_size)
+  sampler = sampling.Sampler(
+      network_lib.build_network(config, dropout=0.0),
+      config,
+      run.mesh,
+      batch_size=settings.batch_size,
+  )
   noise = sampler.noise(settings.num_samples, settings.seed)
   labels = sampling.sample_labels_for(config, settings.num_samples)
   abstract = run.abstract_params()
@@ -143,39 +155,62 @@ def evaluate(run) -> dict:
     if entry not in samples:
       if entry.model_steps not in params:
         params[entry.model_steps], _ = checkpoints.load_model(
-            workdir, abstract, num_sample_steps=entry.model_steps,
-            sharding=run.replicated, source='model')
+            workdir,
+            abstract,
+            num_sample_steps=entry.model_steps,
+            sharding=run.replicated,
+            source='model',
+        )
       samples[entry] = sampler.sample(
-          params[entry.model_steps], num_steps=entry.num_steps,
-          num_samples=settings.num_samples, labels=labels,
-          seed=settings.seed, method=entry.method, z=noise)
+          params[entry.model_steps],
+          num_steps=entry.num_steps,
+          num_samples=settings.num_samples,
+          labels=labels,
+          seed=settings.seed,
+          method=entry.method,
+          z=noise,
+      )
     return samples[entry]
 
-  reference_entry = (Entry(0, 'ddim', settings.reference_num_steps)
-                     if 0 in models else None)
+  reference_entry = (
+      Entry(0, 'ddim', settings.reference_num_steps) if 0 in models else None
+  )
   rows = []
   for entry in plan(config, models):
     entry_start = time.time()
     x = samples_of(entry)
-    logits = metrics.batched_features(reference.logits, x,
-                                      batch_size=settings.batch_size)
+    logits = metrics.batched_features(
+        reference.logits, x, batch_size=settings.batch_size
+    )
     row = dict(dataclasses.asdict(entry), name=entry.name)
     row['fd'] = metrics.frechet_distance(
-        metrics.feature_stats(features(x)), test_stats)
-    row['class_accuracy'] = (None if labels is None else float(
-        np.mean(np.argmax(logits, axis=1) == labels)))
+        metrics.feature_stats(features(x)), test_stats
+    )
+    row['class_accuracy'] = (
+        None
+        if labels is None
+        else float(np.mean(np.argmax(logits, axis=1) == labels))
+    )
     row['classifier_score'] = metrics.inception_score(
-        logits, num_splits=min(10, len(logits)))[0]
+        logits, num_splits=min(10, len(logits))
+    )[0]
     parent = distilled_from(entry, config, models)
     row['distilled_from'] = parent.name if parent else None
-    row['fidelity_to_teacher'] = (_fidelity(x, samples_of(parent))
-                                  if parent else None)
+    row['fidelity_to_teacher'] = (
+        _fidelity(x, samples_of(parent)) if parent else None
+    )
     row['fidelity_to_reference'] = (
         _fidelity(x, samples_of(reference_entry))
-        if reference_entry and entry != reference_entry else None)
+        if reference_entry and entry != reference_entry
+        else None
+    )
     row['seconds'] = time.time() - entry_start
-    logging.info('eval %s: FD %.3f, class accuracy %s', entry.name, row['fd'],
-                 row['class_accuracy'])
+    logging.info(
+        'eval %s: FD %.3f, class accuracy %s',
+        entry.name,
+        row['fd'],
+        row['class_accuracy'],
+    )
     rows.append(row)
 
   results = {
@@ -188,7 +223,8 @@ def evaluate(run) -> dict:
           'cache_path': reference.cache_path,
           'settings': dataclasses.asdict(reference.settings),
           'test_accuracy': reference.accuracy(
-              test.images, test.labels, batch_size=settings.batch_size),
+              test.images, test.labels, batch_size=settings.batch_size
+          ),
       },
       'real_test_count': len(test.labels),
       'real_vs_real_fd': floor_fd,
@@ -207,8 +243,10 @@ def write_results(results: dict, directory: str) -> dict:
   gs://)."""
   directory = files.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  paths = {name: str(directory / name)
-           for name in ('results.json', 'results.md', 'fd_vs_steps.png')}
+  paths = {
+      name: str(directory / name)
+      for name in ('results.json', 'results.md', 'fd_vs_steps.png')
+  }
   files.write_json(results, paths['results.json'])
   files.write_atomically(paths['results.md'], markdown_table(results))
   plot_fd_vs_steps(results, paths['fd_vs_steps.png'])
@@ -239,23 +277,29 @@ def markdown_table(results: dict) -> str:
     return f'{fidelity["psnr"]:.1f}' if fidelity else ''
 
   lines = [
-      '| steps | FD distilled | FD DDIM | FD ancestral | accuracy distilled '
-      '| accuracy DDIM | PSNR to teacher (dB) |',
-      '|---:|---:|---:|---:|---:|---:|---:|']
+      (
+          '| steps | FD distilled | FD DDIM | FD ancestral | accuracy distilled'
+          ' | accuracy DDIM | PSNR to teacher (dB) |'
+      ),
+      '|---:|---:|---:|---:|---:|---:|---:|',
+  ]
   for n in step_counts:
     lines.append(
         f'| {n} | {cell("distilled", n, "fd", "{:.3f}")} '
         f'| {cell("ddim", n, "fd", "{:.3f}")} '
         f'| {cell("ancestral", n, "fd", "{:.3f}")} '
         f'| {cell("distilled", n, "class_accuracy", "{:.3f}")} '
-        f'| {cell("ddim", n, "class_accuracy", "{:.3f}")} | {psnr(n)} |')
+        f'| {cell("ddim", n, "class_accuracy", "{:.3f}")} | {psnr(n)} |'
+    )
   lines.append('')
   lines.append(
-      f'Real-vs-real FD floor: {results["real_vs_real_fd"]:.3f} '
-      f'({results["real_vs_real_count"]} training images against the '
-      f'{results["real_test_count"]} held-out test images); reference '
-      f'classifier test accuracy {results["reference_network"]["test_accuracy"]:.3f}; '
-      f'{results["num_samples"]} samples per entry.')
+      f'Real-vs-real FD floor: {results["real_vs_real_fd"]:.3f}'
+      f' ({results["real_vs_real_count"]} training images against the'
+      f' {results["real_test_count"]} held-out test images); reference'
+      ' classifier test accuracy'
+      f' {results["reference_network"]["test_accuracy"]:.3f};'
+      f' {results["num_samples"]} samples per entry.'
+  )
   return '\n'.join(lines) + '\n'
 
 
@@ -264,16 +308,26 @@ def plot_fd_vs_steps(results: dict, path: str):
   undistilled DDIM, ancestral, and the real-data floor."""
   fig = figure.Figure(figsize=(6, 4), dpi=120)
   ax = fig.add_subplot()
-  styles = {'distilled': ('o-', 'distilled (1 model per step count)'),
-            'ddim': ('s--', 'undistilled DDIM'),
-            'ancestral': ('^:', 'undistilled ancestral')}
+  styles = {
+      'distilled': ('o-', 'distilled (1 model per step count)'),
+      'ddim': ('s--', 'undistilled DDIM'),
+      'ancestral': ('^:', 'undistilled ancestral'),
+  }
   for curve, rows in _by_curve(results).items():
     if rows:
       steps = sorted(rows)
-      ax.plot(steps, [rows[n]['fd'] for n in steps], styles[curve][0],
-              label=styles[curve][1])
-  ax.axhline(results['real_vs_real_fd'], color='gray', lw=1,
-             label='real vs real (floor)')
+      ax.plot(
+          steps,
+          [rows[n]['fd'] for n in steps],
+          styles[curve][0],
+          label=styles[curve][1],
+      )
+  ax.axhline(
+      results['real_vs_real_fd'],
+      color='gray',
+      lw=1,
+      label='real vs real (floor)',
+  )
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
   ax.set_xlabel('sampling steps')

@@ -43,5 +43,6 @@ def _json_safe(value):
 
 def write_json(value, path):
   """Writes `value` as indented JSON, atomically (+inf becomes "inf")."""
-  write_atomically(path, json.dumps(_json_safe(value), indent=2,
-                                    sort_keys=True))
+  write_atomically(
+      path, json.dumps(_json_safe(value), indent=2, sort_keys=True)
+  )

@@ -29,15 +29,13 @@ write the same files): a dataset that is not prepared under dataset.data_dir
 stops the run with the `tfds build` command that prepares it.
 """
 
-from typing import Optional
-
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffusion_distillation import errors
 from diffusion_distillation import data
+from diffusion_distillation import errors
 
 
 def central_square_crop(image: tf.Tensor) -> tf.Tensor:
@@ -49,7 +47,8 @@ def central_square_crop(image: tf.Tensor) -> tf.Tensor:
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   size = tf.minimum(height, width)
   return tf.image.crop_to_bounding_box(
-      image, height // 2 - size // 2, width // 2 - size // 2, size, size)
+      image, height // 2 - size // 2, width // 2 - size // 2, size, size
+  )
 
 
 def resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
@@ -57,8 +56,12 @@ def resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
 
   method: 'area' (ImageNet) or 'bilinear' (LSUN, antialiased).
   """
-  resized = tf.image.resize(tf.cast(image, tf.float32), [size, size],
-                            method=method, antialias=method == 'bilinear')
+  resized = tf.image.resize(
+      tf.cast(image, tf.float32),
+      [size, size],
+      method=method,
+      antialias=method == 'bilinear',
+  )
   return tf.clip_by_value(resized, 0.0, 255.0)
 
 
@@ -76,8 +79,9 @@ RESIZE_METHODS = {
 }
 
 
-def preprocess(example: dict, seed: tf.Tensor, *, name: str,
-               image_size: int) -> dict:
+def preprocess(
+    example: dict, seed: tf.Tensor, *, name: str, image_size: int
+) -> dict:
   """One tfds example, image still encoded -> {'image': float32
   [image_size, image_size, 3] in [0, 255], 'label': int32 (0 for datasets
   without labels)}.
@@ -90,43 +94,58 @@ def preprocess(example: dict, seed: tf.Tensor, *, name: str,
   commute with symmetric resize kernels), so every step is a pure function
   testable on decoded images.
   """
-  image = tf.io.decode_image(example['image'], channels=3,
-                             expand_animations=False)
+  image = tf.io.decode_image(
+      example['image'], channels=3, expand_animations=False
+  )
   if name in RESIZE_METHODS:
-    image = resize(central_square_crop(image), image_size,
-                   RESIZE_METHODS[name])
+    image = resize(central_square_crop(image), image_size, RESIZE_METHODS[name])
   else:
-    image = tf.cast(tf.ensure_shape(image, [image_size, image_size, 3]),
-                    tf.float32)
-  label = tf.cast(example['label'], tf.int32) if 'label' in example else (
-      tf.zeros((), tf.int32))
+    image = tf.cast(
+        tf.ensure_shape(image, [image_size, image_size, 3]), tf.float32
+    )
+  label = (
+      tf.cast(example['label'], tf.int32)
+      if 'label' in example
+      else (tf.zeros((), tf.int32))
+  )
   return {'image': random_flip(image, seed), 'label': label}
 
 
-def _not_prepared_message(dataset: ml_collections.ConfigDict,
-                          builder) -> str:
+def _not_prepared_message(dataset: ml_collections.ConfigDict, builder) -> str:
   data_dir = f' --data_dir={dataset.data_dir}' if dataset.data_dir else ''
-  where = (f'Dataset {dataset.name} is not prepared in {builder.data_dir} '
-           '(set dataset.data_dir to where it is)')
+  where = (
+      f'Dataset {dataset.name} is not prepared in {builder.data_dir} '
+      '(set dataset.data_dir to where it is)'
+  )
   if dataset.name == 'imagenet2012':
     manual_dir = dataset.get('manual_dir') or '<dir>'
-    return (f'{where}. Download ILSVRC2012_img_train.tar and '
-            'ILSVRC2012_img_val.tar from https://image-net.org (registration '
-            f'needed), place them in {manual_dir} and run: tfds build '
-            f'imagenet2012{data_dir} --manual_dir={manual_dir}')
+    return (
+        f'{where}. Download ILSVRC2012_img_train.tar and '
+        'ILSVRC2012_img_val.tar from https://image-net.org (registration '
+        f'needed), place them in {manual_dir} and run: tfds build '
+        f'imagenet2012{data_dir} --manual_dir={manual_dir}'
+    )
   return f'{where}. Prepare it with: tfds build {dataset.name}{data_dir}'
 
 
 def stream_seeds(seed: int, step: int, process_index: int) -> tuple:
   """(file order seed, shuffle-and-flip seed) of a stream starting at `step`."""
   file_seed, shuffle_seed = np.random.SeedSequence(
-      [seed, step, process_index]).generate_state(2)
+      [seed, step, process_index]
+  ).generate_state(2)
   return int(file_seed), int(shuffle_seed)
 
 
-def train_dataset(dataset: ml_collections.ConfigDict, *, seed: int, step: int,
-                  batch_size: int, substeps: int, process_index: int = 0,
-                  process_count: int = 1) -> tf.data.Dataset:
+def train_dataset(
+    dataset: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    substeps: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
   """This process's endless stream of [substeps, B_local, ...] batches.
 
   Args:
@@ -147,18 +166,20 @@ def train_dataset(dataset: ml_collections.ConfigDict, *, seed: int, step: int,
   """
   builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
   file_seed, shuffle_seed = stream_seeds(seed, step, process_index)
-  split = tfds.split_for_jax_process('train', process_index=process_index,
-                                     process_count=process_count)
+  split = tfds.split_for_jax_process(
+      'train', process_index=process_index, process_count=process_count
+  )
   try:
     ds = builder.as_dataset(
-        split=split, shuffle_files=True,
+        split=split,
+        shuffle_files=True,
         read_config=tfds.ReadConfig(shuffle_seed=file_seed),
-        decoders={'image': tfds.decode.SkipDecoding()})
+        decoders={'image': tfds.decode.SkipDecoding()},
+    )
   except AssertionError:  # what tfds raises when the files are missing
     if builder.is_prepared():
       raise
-    raise errors.InputError(
-        _not_prepared_message(dataset, builder)) from None
+    raise errors.InputError(_not_prepared_message(dataset, builder)) from None
   options = tf.data.Options()
   options.deterministic = True  # a seed fixes the order, parallel map or not
   ds = ds.with_options(options)
@@ -166,9 +187,13 @@ def train_dataset(dataset: ml_collections.ConfigDict, *, seed: int, step: int,
   # Each example's flip is seeded by its position in the stream.
   ds = ds.enumerate().map(
       lambda index, example: preprocess(
-          example, tf.stack([tf.constant(shuffle_seed, tf.int64), index]),
-          name=dataset.name, image_size=dataset.image_size),
-      num_parallel_calls=tf.data.AUTOTUNE)
+          example,
+          tf.stack([tf.constant(shuffle_seed, tf.int64), index]),
+          name=dataset.name,
+          image_size=dataset.image_size,
+      ),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
   ds = ds.batch(substeps, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -185,20 +210,32 @@ class TfdsStream:
   def __init__(self, dataset: ml_collections.ConfigDict):
     self._dataset = dataset
     self._iterator = None
-    self._next: Optional[tuple] = None  # (arguments, step) that continues
+    self._next: tuple | None = None  # (arguments, step) that continues
 
-  def batch_for_step(self, *, seed: int, step: int, batch_size: int,
-                     substeps: int = 1, process_index: int = 0,
-                     process_count: int = 1):
+  def batch_for_step(
+      self,
+      *,
+      seed: int,
+      step: int,
+      batch_size: int,
+      substeps: int = 1,
+      process_index: int = 0,
+      process_count: int = 1,
+  ):
     """(images [substeps, B_local, H, W, C] float32 in [-1, 1],
     labels [substeps, B_local] int32) for optimizer steps
     [step, step + substeps)."""
     arguments = (seed, batch_size, substeps, process_index, process_count)
     if self._next != (arguments, step):
       self._iterator = train_dataset(
-          self._dataset, seed=seed, step=step, batch_size=batch_size,
-          substeps=substeps, process_index=process_index,
-          process_count=process_count).as_numpy_iterator()
+          self._dataset,
+          seed=seed,
+          step=step,
+          batch_size=batch_size,
+          substeps=substeps,
+          process_index=process_index,
+          process_count=process_count,
+      ).as_numpy_iterator()
     batch = next(self._iterator)
     self._next = (arguments, step + substeps)
     return data.uint8_to_unit_interval(batch['image']), batch['label']

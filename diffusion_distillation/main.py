@@ -19,35 +19,51 @@ from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file in configs/.', lock_config=True)
+    'config', None, 'Path to a config file in configs/.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Directory for checkpoints, samples and logs; re-use it '
-    'to resume.')
+    'workdir',
+    None,
+    'Directory for checkpoints, samples and logs; re-use it to resume.',
+)
 _MODE = flags.DEFINE_string(
-    'mode', 'all', f'One of {", ".join(pipeline.MODES)}.')
+    'mode', 'all', f'One of {", ".join(pipeline.MODES)}.'
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Connect the processes of a multi-process run with '
+    'distributed',
+    False,
+    'Connect the processes of a multi-process run with '
     'jax.distributed.initialize(). On Cloud TPU VMs (and SLURM, Open MPI) JAX '
-    'finds the other processes itself; elsewhere give the three flags below.')
+    'finds the other processes itself; elsewhere give the three flags below.',
+)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 (with '
-    '--distributed); default: detected, or $JAX_COORDINATOR_ADDRESS.')
+    'coordinator_address',
+    None,
+    'host:port of process 0 (with '
+    '--distributed); default: detected, or $JAX_COORDINATOR_ADDRESS.',
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Number of processes (with --distributed).')
+    'num_processes', None, 'Number of processes (with --distributed).'
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'This process, 0..num_processes-1 (with '
-    '--distributed).')
+    'process_id', None, 'This process, 0..num_processes-1 (with --distributed).'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _initialize_distributed():
   """Joins the other processes; must run before anything touches devices."""
-  explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
-              _PROCESS_ID.value)
+  explicit = (
+      _COORDINATOR_ADDRESS.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+  )
   if not _DISTRIBUTED.value:
     if any(v is not None for v in explicit):
-      raise app.UsageError('--coordinator_address, --num_processes and '
-                           '--process_id need --distributed.')
+      raise app.UsageError(
+          '--coordinator_address, --num_processes and '
+          '--process_id need --distributed.'
+      )
     return
   # CPU processes need gloo for collectives across processes. The setting
   # only concerns the CPU client, so it is harmless on TPU and GPU (whose
@@ -64,8 +80,12 @@ def main(argv):
   if jax.process_index() > 0:
     # Every process runs the same loop; process 0 speaks for all of them.
     logging.set_verbosity(logging.WARNING)
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info(
+      'JAX process %d/%d, local devices: %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_devices(),
+  )
   try:
     pipeline.run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except errors.InputError as e:

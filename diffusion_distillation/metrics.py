@@ -9,7 +9,8 @@ noise. Everything returns NumPy arrays or Python floats, computed in float64.
 """
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from scipy import linalg
@@ -18,6 +19,7 @@ from scipy import special
 
 class FeatureStats(NamedTuple):
   """Gaussian fitted to features: mean [D], covariance [D, D] (float64)."""
+
   mean: np.ndarray
   cov: np.ndarray
   count: int
@@ -30,12 +32,14 @@ def feature_stats(features) -> FeatureStats:
     raise ValueError(f'Features must be [N, D]; got shape {features.shape}.')
   count = features.shape[0]
   if count < 2:
-    raise ValueError(f'A covariance needs at least 2 feature vectors; got '
-                     f'{count}.')
+    raise ValueError(
+        f'A covariance needs at least 2 feature vectors; got {count}.'
+    )
   mean = features.mean(axis=0)
   centered = features - mean
-  return FeatureStats(mean=mean, cov=centered.T @ centered / (count - 1),
-                      count=count)
+  return FeatureStats(
+      mean=mean, cov=centered.T @ centered / (count - 1), count=count
+  )
 
 
 def _is_near_singular(cov):
@@ -46,9 +50,13 @@ def _is_near_singular(cov):
   return eigenvalues[0] <= tolerance
 
 
-def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats, *,
-                     eps: float = 1e-6,
-                     max_imag_fraction: float = 1e-3) -> float:
+def frechet_distance(
+    stats_a: FeatureStats,
+    stats_b: FeatureStats,
+    *,
+    eps: float = 1e-6,
+    max_imag_fraction: float = 1e-3,
+) -> float:
   """Fréchet distance between Gaussians N(mu_a, C_a) and N(mu_b, C_b).
 
   ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
@@ -76,11 +84,16 @@ def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats, *,
   mean_a, mean_b = (np.asarray(s.mean, np.float64) for s in (stats_a, stats_b))
   cov_a, cov_b = (np.asarray(s.cov, np.float64) for s in (stats_a, stats_b))
   dim = mean_a.shape[0]
-  if (mean_a.shape != (dim,) or mean_b.shape != (dim,)
-      or cov_a.shape != (dim, dim) or cov_b.shape != (dim, dim)):
+  if (
+      mean_a.shape != (dim,)
+      or mean_b.shape != (dim,)
+      or cov_a.shape != (dim, dim)
+      or cov_b.shape != (dim, dim)
+  ):
     raise ValueError(
         f'Stats disagree: means {mean_a.shape} and {mean_b.shape}, covariances '
-        f'{cov_a.shape} and {cov_b.shape}; expected [D] and [D, D].')
+        f'{cov_a.shape} and {cov_b.shape}; expected [D] and [D, D].'
+    )
   if _is_near_singular(cov_a) or _is_near_singular(cov_b):
     cov_a = cov_a + eps * np.eye(dim)
     cov_b = cov_b + eps * np.eye(dim)
@@ -91,16 +104,22 @@ def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats, *,
     if imag > max_imag_fraction * scale:
       raise ValueError(
           f'(C_a C_b)^(1/2) has imaginary part {imag:.3g} against real part '
-          f'{scale:.3g}: a covariance is not positive semi-definite.')
+          f'{scale:.3g}: a covariance is not positive semi-definite.'
+      )
     sqrt_product = sqrt_product.real
   mean_diff = mean_a - mean_b
-  distance = (mean_diff @ mean_diff + np.trace(cov_a) + np.trace(cov_b)
-              - 2.0 * np.trace(sqrt_product))
+  distance = (
+      mean_diff @ mean_diff
+      + np.trace(cov_a)
+      + np.trace(cov_b)
+      - 2.0 * np.trace(sqrt_product)
+  )
   return max(float(distance), 0.0)
 
 
-def batched_features(feature_fn: Callable, images, *,
-                     batch_size: int) -> np.ndarray:
+def batched_features(
+    feature_fn: Callable, images, *, batch_size: int
+) -> np.ndarray:
   """feature_fn applied to images in batches of batch_size.
 
   The last batch is zero-padded to batch_size so that feature_fn always sees
@@ -123,14 +142,16 @@ def batched_features(feature_fn: Callable, images, *,
     raise ValueError('No images to compute features of.')
   out = []
   for start in range(0, num_images, batch_size):
-    batch = images[start:start + batch_size]
+    batch = images[start : start + batch_size]
     pad = batch_size - len(batch)
     batch = np.pad(batch, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
     features = np.asarray(feature_fn(batch))
     if features.ndim != 2 or features.shape[0] != batch_size:
-      raise ValueError(f'feature_fn must return [{batch_size}, D]; got shape '
-                       f'{features.shape}.')
-    out.append(features[:batch_size - pad])
+      raise ValueError(
+          f'feature_fn must return [{batch_size}, D]; got shape '
+          f'{features.shape}.'
+      )
+    out.append(features[: batch_size - pad])
   return np.concatenate(out, axis=0)
 
 
@@ -153,8 +174,9 @@ def inception_score(logits, *, num_splits: int = 10) -> tuple[float, float]:
   if logits.ndim != 2:
     raise ValueError(f'Logits must be [N, K]; got shape {logits.shape}.')
   if not 1 <= num_splits <= logits.shape[0]:
-    raise ValueError(f'num_splits must be in 1..N={logits.shape[0]}; got '
-                     f'{num_splits}.')
+    raise ValueError(
+        f'num_splits must be in 1..N={logits.shape[0]}; got {num_splits}.'
+    )
   if not np.all(np.isfinite(logits)):
     raise ValueError('Logits must be finite.')
   # Log-space throughout: softmax of confident logits underflows to 0.
@@ -167,8 +189,9 @@ def inception_score(logits, *, num_splits: int = 10) -> tuple[float, float]:
   return float(np.mean(scores)), float(np.std(scores))
 
 
-def mse_and_psnr(images_a, images_b, *,
-                 data_range: float = 2.0) -> tuple[float, float]:
+def mse_and_psnr(
+    images_a, images_b, *, data_range: float = 2.0
+) -> tuple[float, float]:
   """Mean squared error and PSNR between paired images.
 
   PSNR is that of the mean MSE, 10 log10(data_range^2 / mean MSE), not the
@@ -187,9 +210,11 @@ def mse_and_psnr(images_a, images_b, *,
   images_a = np.asarray(images_a, np.float64)
   images_b = np.asarray(images_b, np.float64)
   if images_a.shape != images_b.shape or images_a.ndim < 2:
-    raise ValueError(f'Need two [N, ...] arrays of one shape; got '
-                     f'{images_a.shape} and {images_b.shape}.')
-  squared_error = (images_a - images_b)**2
+    raise ValueError(
+        'Need two [N, ...] arrays of one shape; got '
+        f'{images_a.shape} and {images_b.shape}.'
+    )
+  squared_error = (images_a - images_b) ** 2
   mse = float(squared_error.reshape(len(squared_error), -1).mean(axis=1).mean())
   psnr = math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
   return mse, psnr

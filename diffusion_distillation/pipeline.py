@@ -6,7 +6,7 @@ holds, and can be called from a notebook as well as from `main.py`.
 
 import os
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -29,8 +29,9 @@ MODES = ('train', 'distill', 'sample', 'eval', 'all')
 def round_step_counts(config: ml_collections.ConfigDict) -> list:
   """Student step counts, one per round: start/2, start/4, ..., end."""
   distill = config.distill
-  config_checks.check_round_range(distill.start_num_steps,
-                                  distill.end_num_steps)
+  config_checks.check_round_range(
+      distill.start_num_steps, distill.end_num_steps
+  )
   counts, n = [], distill.start_num_steps
   while n > distill.end_num_steps:
     n //= 2
@@ -46,8 +47,13 @@ class Run:
   config.json, once the mode knows it will run.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               mesh=None, writer=None):
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      workdir: str,
+      mesh=None,
+      writer=None,
+  ):
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.config = config_checks.check_config(config, self.mesh.size)
     self.workdir = workdir
@@ -71,9 +77,11 @@ class Run:
     if self._writer is None:
       # clu's writers load TensorFlow: imported when first needed, so that
       # refusing a bad config takes no time.
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+      from clu import metric_writers
+
       self._writer = metric_writers.create_default_writer(
-          self.workdir, just_logging=jax.process_index() > 0)
+          self.workdir, just_logging=jax.process_index() > 0
+      )
     return self._writer
 
   @property
@@ -86,7 +94,8 @@ class Run:
         self._dataset = data.load(name, 'train')
       else:
         # TensorFlow is imported only for the datasets that stream with it.
-        from diffusion_distillation import input_pipeline  # pylint: disable=g-import-not-at-top
+        from diffusion_distillation import input_pipeline
+
         self._dataset = input_pipeline.TfdsStream(self.config.dataset)
     return self._dataset
 
@@ -94,36 +103,51 @@ class Run:
   def sampler(self) -> sampling.Sampler:
     if self._sampler is None:
       self._sampler = sampling.Sampler(
-          network_lib.build_network(self.config, dropout=0.0), self.config,
-          self.mesh)
+          network_lib.build_network(self.config, dropout=0.0),
+          self.config,
+          self.mesh,
+      )
     return self._sampler
 
   def abstract_params(self):
     """The parameter shapes of the config's network, replicated."""
     return jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                       sharding=self.replicated),
+        lambda a: jax.ShapeDtypeStruct(
+            a.shape, a.dtype, sharding=self.replicated
+        ),
         network_lib.abstract_params(
-            network_lib.build_network(self.config, dropout=0.0),
-            self.config))
+            network_lib.build_network(self.config, dropout=0.0), self.config
+        ),
+    )
 
   def batch_at(self, section: str, step: int) -> dict:
     """The batch of optimizer steps [step, step + substeps); the loop asks
     for consecutive steps, which a tfds stream continues."""
     phase = self.config[section]
-    where = dict(seed=self.config.seed, step=step,
-                 batch_size=phase.batch_size, substeps=phase.substeps,
-                 process_index=jax.process_index(),
-                 process_count=jax.process_count())
+    where = dict(
+        seed=self.config.seed,
+        step=step,
+        batch_size=phase.batch_size,
+        substeps=phase.substeps,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     if isinstance(self.dataset, data.Dataset):
       images, labels = data.batch_for_step(self.dataset, **where)
     else:
       images, labels = self.dataset.batch_for_step(**where)
     return sharding.device_batch(images, labels, self.mesh)
 
-  def write_samples(self, params, *, num_steps: int, name: str,
-                    method: str = 'ddim', num_samples: Optional[int] = None,
-                    step: Optional[int] = None) -> Optional[dict]:
+  def write_samples(
+      self,
+      params,
+      *,
+      num_steps: int,
+      name: str,
+      method: str = 'ddim',
+      num_samples: int | None = None,
+      step: int | None = None,
+  ) -> dict | None:
     """Samples in `num_steps` sampling steps of `method` ('ddim' |
     'ancestral') with the configured seed and labels; writes <name>.npz and
     <name>.png.
@@ -134,23 +158,38 @@ class Run:
     sample = self.config.sample
     num_samples = num_samples or sample.num_samples
     labels = sampling.sample_labels_for(self.config, num_samples)
-    x = self.sampler.sample(params, num_steps=num_steps,
-                            num_samples=num_samples, labels=labels,
-                            seed=sample.seed, method=method)
+    x = self.sampler.sample(
+        params,
+        num_steps=num_steps,
+        num_samples=num_samples,
+        labels=labels,
+        seed=sample.seed,
+        method=method,
+    )
     if jax.process_index() != 0:
       return None
     images = data.unit_interval_to_uint8(x)
     paths = sampling.write_samples(
-        os.path.join(self.workdir, 'samples'), name, images, labels)
+        os.path.join(self.workdir, 'samples'), name, images, labels
+    )
     if step is not None:
-      self.writer.write_images(step, {
-          f'samples/{name}': sampling.image_grid(images)[None]})
+      self.writer.write_images(
+          step, {f'samples/{name}': sampling.image_grid(images)[None]}
+      )
     logging.info('Wrote %s and %s', paths['npz'], paths['png'])
     return paths
 
-  def loop(self, *, section: str, state, num_updates: int,
-           run_step: Callable, save: Callable, step_offset: int = 0,
-           total_updates: int = 0):
+  def loop(
+      self,
+      *,
+      section: str,
+      state,
+      num_updates: int,
+      run_step: Callable,
+      save: Callable,
+      step_offset: int = 0,
+      total_updates: int = 0,
+  ):
     """Runs `run_step` from state.step to `num_updates`, logging and saving.
 
     Args:
@@ -165,11 +204,14 @@ class Run:
     Returns:
       (state, the last logged metrics as floats).
     """
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from clu import periodic_actions
+
     phase, every = self.config[section], self.config.checkpoint
     report = periodic_actions.ReportProgress(
-        num_train_steps=total_updates or num_updates, writer=self.writer,
-        every_secs=30.0)
+        num_train_steps=total_updates or num_updates,
+        writer=self.writer,
+        every_secs=30.0,
+    )
     step = int(state.step)
     last_save = time.time()
     logged = {}
@@ -180,14 +222,18 @@ class Run:
       global_step = step_offset + step
       report(global_step)
       if step % self.config.log_every_steps < phase.substeps or (
-          step >= num_updates):
+          step >= num_updates
+      ):
         logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        steps.check_finite(logged, step, section,
-                           phase.get('skip_nonfinite_updates', False))
-        self.writer.write_scalars(global_step, {
-            f'{section}/{k}': v for k, v in logged.items()})
+        steps.check_finite(
+            logged, step, section, phase.get('skip_nonfinite_updates', False)
+        )
+        self.writer.write_scalars(
+            global_step, {f'{section}/{k}': v for k, v in logged.items()}
+        )
       due_by_steps = every.every_steps and (
-          step % every.every_steps < phase.substeps)
+          step % every.every_steps < phase.substeps
+      )
       due_by_time = time.time() - last_save >= every.every_secs
       if step < num_updates and (due_by_steps or due_by_time):
         save(state)
@@ -202,35 +248,47 @@ def train_teacher(run: Run):
     logging.info('Teacher already trained in %s', workdir)
     return
   trainer = trainer_lib.build(config, 'train', run.mesh)
-  mngr = checkpoints.manager(os.path.join(workdir, 'teacher'),
-                             max_to_keep=config.checkpoint.max_to_keep)
+  mngr = checkpoints.manager(
+      os.path.join(workdir, 'teacher'),
+      max_to_keep=config.checkpoint.max_to_keep,
+  )
   latest = mngr.latest_step()
   if latest is not None:
     state, _ = checkpoints.restore(mngr, latest, trainer.abstract_state())
     logging.info('Resuming teacher training at step %d', latest)
   else:
     params = trainer.init_params(
-        trainer_lib.stream_key(config.seed, trainer_lib.RngStream.INIT))
+        trainer_lib.stream_key(config.seed, trainer_lib.RngStream.INIT)
+    )
     state = trainer.fresh_state(params, num_sample_steps=0)
 
   start = time.time()
   state, _ = run.loop(
-      section='train', state=state, num_updates=config.train.num_steps,
+      section='train',
+      state=state,
+      num_updates=config.train.num_steps,
       run_step=trainer.update,
-      save=lambda s: checkpoints.save(mngr, int(s.step), s, {'phase': 'train'}))
+      save=lambda s: checkpoints.save(mngr, int(s.step), s, {'phase': 'train'}),
+  )
   if mngr.latest_step() != int(state.step):  # a rerun may find it saved
     checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
   mngr.close()
   # 'seconds': this process's training time (a resumed run's last leg).
-  checkpoints.save_model(workdir, 0, state.ema_params,
-                         {'trained_steps': int(state.step),
-                          'seconds': time.time() - start})
-  run.writer.write_scalars(int(state.step),
-                           {'train/minutes': (time.time() - start) / 60})
-  run.write_samples(state.ema_params,
-                    num_steps=config.sample.teacher_num_steps,
-                    name=f'grid_teacher_{config.sample.teacher_num_steps}',
-                    step=int(state.step))
+  checkpoints.save_model(
+      workdir,
+      0,
+      state.ema_params,
+      {'trained_steps': int(state.step), 'seconds': time.time() - start},
+  )
+  run.writer.write_scalars(
+      int(state.step), {'train/minutes': (time.time() - start) / 60}
+  )
+  run.write_samples(
+      state.ema_params,
+      num_steps=config.sample.teacher_num_steps,
+      name=f'grid_teacher_{config.sample.teacher_num_steps}',
+      step=int(state.step),
+  )
 
 
 def _first_teacher(run: Run):
@@ -238,20 +296,27 @@ def _first_teacher(run: Run):
   config = run.config
   path = config.distill.teacher_checkpoint or run.workdir
   if not config.distill.teacher_checkpoint and 0 not in (
-      checkpoints.saved_models(run.workdir)):
+      checkpoints.saved_models(run.workdir)
+  ):
     raise errors.InputError(
         f'Missing teacher checkpoint: {run.workdir}/models/0 does not exist; '
         'run --mode=train first, or set --config.distill.teacher_checkpoint '
-        'to a teacher workdir or a models/<N> directory.')
+        'to a teacher workdir or a models/<N> directory.'
+    )
   params, meta = checkpoints.load_model(
-      path, run.abstract_params(), num_sample_steps=0,
-      sharding=run.replicated, source='teacher checkpoint')
+      path,
+      run.abstract_params(),
+      num_sample_steps=0,
+      sharding=run.replicated,
+      source='teacher checkpoint',
+  )
   teacher_steps = meta.get('num_sample_steps', 0)
   if teacher_steps and teacher_steps != config.distill.start_num_steps:
     raise errors.InputError(
         f'The teacher at {path} samples in {teacher_steps} steps but '
         f'distill.start_num_steps={config.distill.start_num_steps}; set '
-        f'--config.distill.start_num_steps={teacher_steps}.')
+        f'--config.distill.start_num_steps={teacher_steps}.'
+    )
   return params
 
 
@@ -267,8 +332,10 @@ def distill(run: Run):
   trainer = trainer_lib.build(config, 'distill', run.mesh)
   updates_per_round = config.distill.steps_per_round
   abstract = trainer.abstract_state()
-  mngr = checkpoints.manager(os.path.join(workdir, 'distill'),
-                             max_to_keep=config.checkpoint.max_to_keep)
+  mngr = checkpoints.manager(
+      os.path.join(workdir, 'distill'),
+      max_to_keep=config.checkpoint.max_to_keep,
+  )
   num_rounds = len(student_step_counts)
   for round_index, student_steps in enumerate(student_step_counts):
     if student_steps in done:
@@ -278,9 +345,12 @@ def distill(run: Run):
       teacher = _first_teacher(run)
     else:
       teacher, _ = checkpoints.load_model(
-          workdir, abstract.params,
+          workdir,
+          abstract.params,
           num_sample_steps=student_step_counts[round_index - 1],
-          sharding=run.replicated, source='previous round')
+          sharding=run.replicated,
+          source='previous round',
+      )
     offset = round_index * updates_per_round
     latest = mngr.latest_step()
     state = None
@@ -289,35 +359,63 @@ def distill(run: Run):
       if meta['num_sample_steps'] != student_steps:
         state = None  # a checkpoint of an earlier round: start afresh
       else:
-        logging.info('Resuming the %d-step round at step %d', student_steps,
-                     int(state.step))
+        logging.info(
+            'Resuming the %d-step round at step %d',
+            student_steps,
+            int(state.step),
+        )
     if state is None:
       state = trainer.fresh_state(teacher, num_sample_steps=student_steps)
-    logging.info('Round %d/%d: %d -> %d sampling steps', round_index + 1,
-                 num_rounds, 2 * student_steps, student_steps)
+    logging.info(
+        'Round %d/%d: %d -> %d sampling steps',
+        round_index + 1,
+        num_rounds,
+        2 * student_steps,
+        student_steps,
+    )
     meta = {'phase': 'distill', 'num_sample_steps': student_steps}
     state, last = run.loop(
-        section='distill', state=state, num_updates=updates_per_round,
+        section='distill',
+        state=state,
+        num_updates=updates_per_round,
         run_step=lambda s, b, t=teacher: trainer.update(s, b, t),
         save=lambda s, o=offset, m=meta: checkpoints.save(
-            mngr, o + int(s.step), s, m),
-        step_offset=offset, total_updates=num_rounds * updates_per_round)
-    checkpoints.save_model(workdir, student_steps, state.ema_params,
-                           {'distill_steps': updates_per_round,
-                            'seconds': time.time() - start})
-    run.writer.write_scalars(offset + updates_per_round, {
-        'distill/round_minutes': (time.time() - start) / 60,
-        'distill/num_sample_steps': student_steps})
-    logging.info('Round %d/%d (%d steps) done in %.1f min, final loss %.4g',
-                 round_index + 1, num_rounds, student_steps,
-                 (time.time() - start) / 60, last.get('loss', float('nan')))
-    run.write_samples(state.ema_params, num_steps=student_steps,
-                      name=f'grid_{student_steps}',
-                      step=offset + updates_per_round)
+            mngr, o + int(s.step), s, m
+        ),
+        step_offset=offset,
+        total_updates=num_rounds * updates_per_round,
+    )
+    checkpoints.save_model(
+        workdir,
+        student_steps,
+        state.ema_params,
+        {'distill_steps': updates_per_round, 'seconds': time.time() - start},
+    )
+    run.writer.write_scalars(
+        offset + updates_per_round,
+        {
+            'distill/round_minutes': (time.time() - start) / 60,
+            'distill/num_sample_steps': student_steps,
+        },
+    )
+    logging.info(
+        'Round %d/%d (%d steps) done in %.1f min, final loss %.4g',
+        round_index + 1,
+        num_rounds,
+        student_steps,
+        (time.time() - start) / 60,
+        last.get('loss', float('nan')),
+    )
+    run.write_samples(
+        state.ema_params,
+        num_steps=student_steps,
+        name=f'grid_{student_steps}',
+        step=offset + updates_per_round,
+    )
   mngr.close()
 
 
-def sample(run: Run, num_samples: Optional[int] = None) -> dict:
+def sample(run: Run, num_samples: int | None = None) -> dict:
   """Writes samples_<N>.npz (+ .png) for every model in the workdir.
 
   The teacher (models/0) samples with sample.teacher_num_steps and
@@ -328,20 +426,30 @@ def sample(run: Run, num_samples: Optional[int] = None) -> dict:
   models = checkpoints.saved_models(workdir)
   if not models:
     raise errors.InputError(
-        f'No models in {workdir}/models: run --mode=train (and distill) first.')
+        f'No models in {workdir}/models: run --mode=train (and distill) first.'
+    )
   written = {}
   for model_steps in models:
     params, _ = checkpoints.load_model(
-        workdir, run.abstract_params(), num_sample_steps=model_steps,
-        sharding=run.replicated, source='model')
+        workdir,
+        run.abstract_params(),
+        num_sample_steps=model_steps,
+        sharding=run.replicated,
+        source='model',
+    )
     if model_steps == 0:
       num_steps = config.sample.teacher_num_steps
       method, name = config.sample.sampler, f'samples_{num_steps}_teacher'
     else:
       num_steps, method = model_steps, 'ddim'
       name = f'samples_{model_steps}'
-    paths = run.write_samples(params, num_steps=num_steps, name=name,
-                              method=method, num_samples=num_samples)
+    paths = run.write_samples(
+        params,
+        num_steps=num_steps,
+        name=name,
+        method=method,
+        num_samples=num_samples,
+    )
     if paths:
       written[name] = paths
   return written
@@ -361,7 +469,8 @@ def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
   `workdir`; 'all' is train, distill and sample. Returns {phase: seconds}."""
   if mode not in MODES:
     raise errors.InputError(
-        f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
+        f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.'
+    )
   run = Run(config, workdir)
   run.record_config()
   timings = {}

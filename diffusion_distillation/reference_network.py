@@ -28,6 +28,7 @@ from diffusion_distillation import metrics
 class ClassifierSettings:
   """Everything that defines the reference network (hashed into the cache
   key: change any of it and a new network is trained)."""
+
   conv_channels: tuple = (32, 64)
   feature_dim: int = 64
   num_classes: int = 10
@@ -40,6 +41,7 @@ class ClassifierSettings:
 
 class DigitsClassifier(nn.Module):
   """Conv 3x3 -> conv 3x3 stride 2 -> dense features -> logits."""
+
   settings: ClassifierSettings
 
   @nn.compact
@@ -48,8 +50,9 @@ class DigitsClassifier(nn.Module):
     h = images
     for i, channels in enumerate(self.settings.conv_channels):
       h = nn.swish(nn.Conv(channels, (3, 3), strides=1 if i == 0 else 2)(h))
-    features = nn.swish(nn.Dense(self.settings.feature_dim)(
-        h.reshape(h.shape[0], -1)))
+    features = nn.swish(
+        nn.Dense(self.settings.feature_dim)(h.reshape(h.shape[0], -1))
+    )
     return nn.Dense(self.settings.num_classes)(features), features
 
 
@@ -59,16 +62,16 @@ def cache_dir() -> str:
 
 
 def _cache_path(settings: ClassifierSettings) -> str:
-  key = hashlib.sha256(json.dumps(dataclasses.asdict(settings),
-                                  sort_keys=True).encode()).hexdigest()[:16]
+  key = hashlib.sha256(
+      json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()
+  ).hexdigest()[:16]
   return os.path.join(cache_dir(), f'digits_classifier_{key}.msgpack')
 
 
 def train_classifier(settings: ClassifierSettings, train: data.Dataset):
   """Adam on cross-entropy over seeded epochs of `train`; returns params."""
   model = DigitsClassifier(settings)
-  params = model.init(jax.random.key(settings.seed),
-                      train.images[:1])['params']
+  params = model.init(jax.random.key(settings.seed), train.images[:1])['params']
   optimizer = optax.adam(settings.learning_rate)
   opt_state = optimizer.init(params)
 
@@ -77,15 +80,17 @@ def train_classifier(settings: ClassifierSettings, train: data.Dataset):
     def loss_fn(params):
       logits, _ = model.apply({'params': params}, images)
       return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
+          logits, labels
+      ).mean()
+
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state
 
   for index in range(settings.train_steps):
     images, labels = data.batch_for_step(
-        train, seed=settings.seed, step=index,
-        batch_size=settings.batch_size)
+        train, seed=settings.seed, step=index, batch_size=settings.batch_size
+    )
     params, opt_state = step(params, opt_state, images[0], labels[0])
   return params
 
@@ -100,7 +105,8 @@ class ReferenceNetwork:
     self.settings = settings
     self.cache_path = _cache_path(settings)
     template = DigitsClassifier(settings).init(
-        jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
+        jax.random.key(0), jnp.zeros((1, 8, 8, 1))
+    )['params']
     if os.path.exists(self.cache_path):
       with open(self.cache_path, 'rb') as f:
         self.params = flax.serialization.from_bytes(template, f.read())
@@ -124,6 +130,7 @@ class ReferenceNetwork:
 
   def accuracy(self, images, labels, *, batch_size: int = 500) -> float:
     """Share of images whose argmax class equals the label."""
-    logits = metrics.batched_features(self.logits, images,
-                                      batch_size=batch_size)
+    logits = metrics.batched_features(
+        self.logits, images, batch_size=batch_size
+    )
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))

@@ -25,7 +25,7 @@ against the config's network and written to <workdir>/models/<N>, where
 """
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
@@ -59,39 +59,49 @@ def read_release_checkpoint(path: str) -> dict:
   """
   # Loaded here, not with the module: only reading a file needs TensorFlow
   # (tf.io.gfile reads gs:// paths).
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import tensorflow as tf
+
   try:
     if tf.io.gfile.isdir(path):
       raise errors.InputError(
           f'{path} is a directory; give the release checkpoint file itself '
-          '(e.g. gs://gresearch/diffusion-distillation/cifar_8).')
+          '(e.g. gs://gresearch/diffusion-distillation/cifar_8).'
+      )
     if not tf.io.gfile.exists(path):
       raise errors.InputError(
-          f'No release checkpoint at {path}: the file does not exist.')
+          f'No release checkpoint at {path}: the file does not exist.'
+      )
     with tf.io.gfile.GFile(path, 'rb') as f:
       data = f.read()
   except tf.errors.OpError as e:  # e.g. GCS unreachable or access denied
     raise errors.InputError(
-        f'Cannot read {path}: {e.message.splitlines()[0]}') from None
+        f'Cannot read {path}: {e.message.splitlines()[0]}'
+    ) from None
   try:
     state = flax.serialization.msgpack_restore(data)
   except (ValueError, TypeError) as e:  # what msgpack raises on bad bytes
     raise errors.InputError(
         f'{path} is not a flax msgpack file ({e}); give a release checkpoint '
-        'file.') from None
+        'file.'
+    ) from None
   if not isinstance(state, dict) or not (
-      isinstance(state.get('ema_params'), dict) or
-      isinstance(_optimizer_target(state), dict)):
-    found = (f'top-level keys {sorted(state)}' if isinstance(state, dict)
-             else f'a {type(state).__name__}')
+      isinstance(state.get('ema_params'), dict)
+      or isinstance(_optimizer_target(state), dict)
+  ):
+    found = (
+        f'top-level keys {sorted(state)}'
+        if isinstance(state, dict)
+        else f'a {type(state).__name__}'
+    )
     raise errors.InputError(
         f'{path} is not a release train state: expected the keys '
         f'{", ".join(_RELEASE_KEYS)} with parameters in ema_params or '
-        f'optimizer.target, found {found}.')
+        f'optimizer.target, found {found}.'
+    )
   return state
 
 
-def _optimizer_target(state: dict) -> Optional[dict]:
+def _optimizer_target(state: dict) -> dict | None:
   optimizer = state.get('optimizer')
   return optimizer.get('target') if isinstance(optimizer, dict) else None
 
@@ -116,12 +126,16 @@ def release_params(state_dict: dict, *, use_ema: bool = True) -> tuple:
     if not isinstance(params, dict):
       raise errors.InputError(
           'The release checkpoint has no optimizer.target; import its '
-          'ema_params instead (--use_ema=true).')
+          'ema_params instead (--use_ema=true).'
+      )
     if use_ema:
-      logging.warning('The release checkpoint has no ema_params; importing '
-                      'optimizer.target.')
-  return params, _as_int(state_dict.get('num_sample_steps', 0),
-                         'num_sample_steps')
+      logging.warning(
+          'The release checkpoint has no ema_params; importing '
+          'optimizer.target.'
+      )
+  return params, _as_int(
+      state_dict.get('num_sample_steps', 0), 'num_sample_steps'
+  )
 
 
 def _as_int(value, name: str) -> int:
@@ -129,14 +143,16 @@ def _as_int(value, name: str) -> int:
   value = np.asarray(value)
   if value.shape != () or value.dtype.kind not in 'iuf':
     raise errors.InputError(
-        f'The release checkpoint\'s {name} is {value!r}, not a number.')
+        f"The release checkpoint's {name} is {value!r}, not a number."
+    )
   return int(value)
 
 
 def network_param_shapes(config: ml_collections.ConfigDict) -> Any:
   """Shapes and dtypes of the config network's parameters (no memory)."""
   return network_lib.abstract_params(
-      network_lib.build_network(config, dropout=0.0), config)
+      network_lib.build_network(config, dropout=0.0), config
+  )
 
 
 def fit_params(found: dict, expected: Any, *, source: str) -> dict:
@@ -160,7 +176,8 @@ def fit_params(found: dict, expected: Any, *, source: str) -> dict:
     if not isinstance(leaf, np.ndarray) or leaf.dtype.kind != 'f':
       raise errors.InputError(
           f'{source} has parameter {"/".join(key)} of type '
-          f'{getattr(leaf, "dtype", type(leaf).__name__)}, not a float array.')
+          f'{getattr(leaf, "dtype", type(leaf).__name__)}, not a float array.'
+      )
     shape = tuple(wanted[key].shape) if key in wanted else leaf.shape
     # Flax before 0.3.6 stored GroupNorm's scale and bias as [1, 1, 1, C],
     # now [C]; the release's own loader reshaped them the same way.
@@ -170,14 +187,20 @@ def fit_params(found: dict, expected: Any, *, source: str) -> dict:
   fitted = flax.traverse_util.unflatten_dict(fitted)
   checkpoints.check_param_shapes(fitted, expected, source)
   return jax.tree_util.tree_map(
-      lambda leaf, want: leaf.astype(want.dtype, copy=False), fitted,
-      flax.core.unfreeze(expected))
+      lambda leaf, want: leaf.astype(want.dtype, copy=False),
+      fitted,
+      flax.core.unfreeze(expected),
+  )
 
 
-def import_release_checkpoint(path: str, config: ml_collections.ConfigDict,
-                              workdir: str, *,
-                              num_sample_steps: Optional[int] = None,
-                              use_ema: bool = True) -> int:
+def import_release_checkpoint(
+    path: str,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    num_sample_steps: int | None = None,
+    use_ema: bool = True,
+) -> int:
   """Writes a release checkpoint's parameters as <workdir>/models/<N>.
 
   Everything is checked before anything is written: the config, the file,
@@ -202,26 +225,33 @@ def import_release_checkpoint(path: str, config: ml_collections.ConfigDict,
   config_checks.check_config(config)
   state = read_release_checkpoint(path)
   params, checkpoint_steps = release_params(state, use_ema=use_ema)
-  model_steps = (checkpoint_steps if num_sample_steps is None
-                 else num_sample_steps)
+  model_steps = (
+      checkpoint_steps if num_sample_steps is None else num_sample_steps
+  )
   if model_steps < 0:
     raise errors.InputError(
         f'num_sample_steps={model_steps}: use 0 for a continuous-time teacher '
-        'or the N steps a student samples in.')
+        'or the N steps a student samples in.'
+    )
   if model_steps in checkpoints.saved_models(workdir):
     raise errors.InputError(
         f'{os.path.join(checkpoints.models_dir(workdir), str(model_steps))} '
         'already exists and is kept: import into another --workdir, or save '
-        'under another --num_sample_steps.')
+        'under another --num_sample_steps.'
+    )
   meta = {
       'imported_from': path,
-      'imported_params': ('ema_params' if params is state.get('ema_params')
-                          else 'optimizer.target'),
+      'imported_params': (
+          'ema_params'
+          if params is state.get('ema_params')
+          else 'optimizer.target'
+      ),
       'release_step': _as_int(state.get('step', 0), 'step'),
       'release_num_sample_steps': checkpoint_steps,
   }
-  params = fit_params(params, network_param_shapes(config),
-                      source=f'release checkpoint {path}')
+  params = fit_params(
+      params, network_param_shapes(config), source=f'release checkpoint {path}'
+  )
   checkpoints.check_run_config(workdir, config)
   checkpoints.record_run_config(workdir, config)
   checkpoints.save_model(workdir, model_steps, params, meta)
@@ -232,20 +262,34 @@ def _define_flags():
   """The command line's flags; defined only when run as a command, so that
   importing this module next to main.py defines no flag twice."""
   config_flags.DEFINE_config_file(
-      'config', None, 'Path to a config file in configs/ whose network the '
-      'checkpoint fits.', lock_config=True)
+      'config',
+      None,
+      'Path to a config file in configs/ whose network the checkpoint fits.',
+      lock_config=True,
+  )
   flags.DEFINE_string(
-      'checkpoint', None, 'Release checkpoint file, local or gs://, e.g. '
-      'gs://gresearch/diffusion-distillation/cifar_8.')
+      'checkpoint',
+      None,
+      'Release checkpoint file, local or gs://, e.g. '
+      'gs://gresearch/diffusion-distillation/cifar_8.',
+  )
   flags.DEFINE_string(
-      'workdir', None, 'Workdir to write models/<N> into; then run '
-      'diffusion_distillation.main with the same config and workdir.')
+      'workdir',
+      None,
+      'Workdir to write models/<N> into; then run '
+      'diffusion_distillation.main with the same config and workdir.',
+  )
   flags.DEFINE_integer(
-      'num_sample_steps', None, 'N to save the model as; default: the '
-      "checkpoint's own (0 for a teacher).")
+      'num_sample_steps',
+      None,
+      'N to save the model as; default: the '
+      "checkpoint's own (0 for a teacher).",
+  )
   flags.DEFINE_bool(
-      'use_ema', True, "Import ema_params; false imports the optimizer's "
-      'target.')
+      'use_ema',
+      True,
+      "Import ema_params; false imports the optimizer's target.",
+  )
   flags.mark_flags_as_required(['config', 'checkpoint', 'workdir'])
 
 
@@ -256,12 +300,19 @@ def main(argv):
   cli.quiet_start()
   try:
     model_steps = import_release_checkpoint(
-        args.checkpoint, args.config, args.workdir,
-        num_sample_steps=args.num_sample_steps, use_ema=args.use_ema)
+        args.checkpoint,
+        args.config,
+        args.workdir,
+        num_sample_steps=args.num_sample_steps,
+        use_ema=args.use_ema,
+    )
   except errors.InputError as e:
     cli.exit_on_bad_input(e)
-  logging.info('Imported %s as %s', args.checkpoint, os.path.join(
-      checkpoints.models_dir(args.workdir), str(model_steps)))
+  logging.info(
+      'Imported %s as %s',
+      args.checkpoint,
+      os.path.join(checkpoints.models_dir(args.workdir), str(model_steps)),
+  )
 
 
 if __name__ == '__main__':

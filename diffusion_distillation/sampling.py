@@ -6,7 +6,6 @@ ADM FID evaluator reads.
 """
 
 import io
-from typing import Optional
 
 import jax
 import ml_collections
@@ -26,8 +25,13 @@ METHODS = ('ddim', 'ancestral')
 class Sampler:
   """Samples from a network's parameters; compiles once per step count."""
 
-  def __init__(self, network: unet.UNet, config: ml_collections.ConfigDict,
-               mesh=None, batch_size: Optional[int] = None):
+  def __init__(
+      self,
+      network: unet.UNet,
+      config: ml_collections.ConfigDict,
+      mesh=None,
+      batch_size: int | None = None,
+  ):
     self._network = network
     self._config = config
     self._mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -36,8 +40,9 @@ class Sampler:
 
   def _compiled_for(self, num_steps: int, method: str):
     if method not in METHODS:
-      raise ValueError(f'Unknown sampling method {method!r}; choose one of '
-                       f'{METHODS}.')
+      raise ValueError(
+          f'Unknown sampling method {method!r}; choose one of {METHODS}.'
+      )
     key = (num_steps, method)
     if key not in self._compiled:
       model, sample = self._config.model, self._config.sample
@@ -45,33 +50,55 @@ class Sampler:
 
       def run(params, z, labels, rng):
         model_fn = lambda z, logsnr: self._network.apply(
-            {'params': params}, z, logsnr, labels, train=False)
+            {'params': params}, z, logsnr, labels, train=False
+        )
         denoise = diffusion.make_denoise_fn(
-            model_fn, mean_type=model.mean_type, clip_x=sample.clip_x)
+            model_fn, mean_type=model.mean_type, clip_x=sample.clip_x
+        )
         if method == 'ddim':
-          return diffusion.ddim_sample(denoise, z_init=z, num_steps=num_steps,
-                                       logsnr_schedule=schedule)
+          return diffusion.ddim_sample(
+              denoise, z_init=z, num_steps=num_steps, logsnr_schedule=schedule
+          )
         return diffusion.ancestral_sample(
-            denoise, rng=rng, z_init=z, num_steps=num_steps,
-            logsnr_schedule=schedule, variance=sample.logvar_type)
+            denoise,
+            rng=rng,
+            z_init=z,
+            num_steps=num_steps,
+            logsnr_schedule=schedule,
+            variance=sample.logvar_type,
+        )
 
       rep = sharding.replicated(self._mesh)
       shard = sharding.sample_sharding(self._mesh)
       # Replicated samples: every process can read them (the gather is small).
-      self._compiled[key] = jax.jit(run, in_shardings=(rep, shard, shard, rep),
-                                    out_shardings=rep)
+      self._compiled[key] = jax.jit(
+          run, in_shardings=(rep, shard, shard, rep), out_shardings=rep
+      )
     return self._compiled[key]
 
   def noise(self, num_samples: int, seed: int) -> np.ndarray:
     """Starting noise N(0, I); fixed by the seed, shared by every model."""
-    size, channels = (self._config.dataset.image_size,
-                      self._config.dataset.channels)
-    return np.asarray(jax.random.normal(
-        jax.random.key(seed), (num_samples, size, size, channels)))
+    size, channels = (
+        self._config.dataset.image_size,
+        self._config.dataset.channels,
+    )
+    return np.asarray(
+        jax.random.normal(
+            jax.random.key(seed), (num_samples, size, size, channels)
+        )
+    )
 
-  def sample(self, params, *, num_steps: int, num_samples: int,
-             labels: Optional[np.ndarray] = None, seed: int = 0,
-             method: str = 'ddim', z: Optional[np.ndarray] = None):
+  def sample(
+      self,
+      params,
+      *,
+      num_steps: int,
+      num_samples: int,
+      labels: np.ndarray | None = None,
+      seed: int = 0,
+      method: str = 'ddim',
+      z: np.ndarray | None = None,
+  ):
     """Samples x in [-1, 1], [num_samples, H, W, C] float32 (NumPy).
 
     `method` is 'ddim' or 'ancestral' (with sample.logvar_type); `z` the
@@ -85,21 +112,27 @@ class Sampler:
     rng = jax.random.key(seed + 1)
     out = []
     for start in range(0, num_samples, batch_size):
-      z_batch, y_batch = z[start:start + batch_size], labels[
-          start:start + batch_size]
+      z_batch, y_batch = (
+          z[start : start + batch_size],
+          labels[start : start + batch_size],
+      )
       pad = batch_size - len(z_batch)  # keep one compiled batch shape
       z_batch = np.pad(z_batch, ((0, pad),) + ((0, 0),) * (z.ndim - 1))
       y_batch = np.pad(y_batch, (0, pad))
       shard = sharding.sample_sharding(self._mesh)
-      x = run(params, sharding.global_array(z_batch, shard),
-              sharding.global_array(y_batch, shard),
-              jax.random.fold_in(rng, start))
-      out.append(np.asarray(x)[:batch_size - pad])
+      x = run(
+          params,
+          sharding.global_array(z_batch, shard),
+          sharding.global_array(y_batch, shard),
+          jax.random.fold_in(rng, start),
+      )
+      out.append(np.asarray(x)[: batch_size - pad])
     return np.concatenate(out, axis=0)
 
 
-def image_grid(images: np.ndarray, *, columns: int = 10, scale: int = 1,
-               border: int = 1) -> np.ndarray:
+def image_grid(
+    images: np.ndarray, *, columns: int = 10, scale: int = 1, border: int = 1
+) -> np.ndarray:
   """uint8 [N, H, W, C] -> one uint8 picture, cells split by gray lines.
 
   Each image is enlarged `scale` times (nearest) and framed by `border`
@@ -109,17 +142,24 @@ def image_grid(images: np.ndarray, *, columns: int = 10, scale: int = 1,
   rows = -(-num // columns)
   images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
   cell_h, cell_w = height * scale + border, width * scale + border
-  grid = np.full((rows * cell_h + border, columns * cell_w + border, channels),
-                 128, np.uint8)
+  grid = np.full(
+      (rows * cell_h + border, columns * cell_w + border, channels),
+      128,
+      np.uint8,
+  )
   for index, image in enumerate(images):
     top = border + (index // columns) * cell_h
     left = border + (index % columns) * cell_w
-    grid[top:top + height * scale, left:left + width * scale] = image
+    grid[top : top + height * scale, left : left + width * scale] = image
   return grid
 
 
-def write_samples(directory: str, name: str, images: np.ndarray,
-                  labels: Optional[np.ndarray] = None) -> dict:
+def write_samples(
+    directory: str,
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+) -> dict:
   """Writes <name>.npz (arr_0 uint8 images, arr_1 labels) and <name>.png.
 
   Args:
@@ -141,7 +181,8 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   grid = image_grid(images, scale=max(1, 32 // images.shape[1]))
   png = io.BytesIO()
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
-      png, format='PNG')
+      png, format='PNG'
+  )
   paths = {}
   for suffix, buffer in (('npz', npz), ('png', png)):
     path = directory / f'{name}.{suffix}'
@@ -150,11 +191,12 @@ def write_samples(directory: str, name: str, images: np.ndarray,
   return paths
 
 
-def sample_labels_for(config: ml_collections.ConfigDict,
-                      num_samples: int) -> Optional[np.ndarray]:
+def sample_labels_for(
+    config: ml_collections.ConfigDict, num_samples: int
+) -> np.ndarray | None:
   """The labels to sample with, or None for an unconditional model."""
   if not config.dataset.class_conditional:
     return None
-  return data.sample_labels(num_samples, config.dataset.num_classes,
-                            list(config.sample.labels))
-
+  return data.sample_labels(
+      num_samples, config.dataset.num_classes, list(config.sample.labels)
+  )

@@ -8,7 +8,7 @@ as the paper describes (the release instead clips at -20).
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 
@@ -32,7 +32,8 @@ def _cosine_angles(logsnr_min: float, logsnr_max: float):
 def _check_end_points(logsnr_min, logsnr_max):
   if not logsnr_min < logsnr_max:
     raise ValueError(
-        f'logsnr_min={logsnr_min} must be below logsnr_max={logsnr_max}.')
+        f'logsnr_min={logsnr_min} must be below logsnr_max={logsnr_max}.'
+    )
 
 
 def cosine_logsnr_schedule(t, *, logsnr_min: float, logsnr_max: float):
@@ -57,8 +58,9 @@ def cosine_logsnr_schedule(t, *, logsnr_min: float, logsnr_max: float):
   return jnp.where(t < 0.5, near_data, near_noise)
 
 
-def cosine_logsnr_schedule_inverse(logsnr, *, logsnr_min: float,
-                                   logsnr_max: float):
+def cosine_logsnr_schedule_inverse(
+    logsnr, *, logsnr_min: float, logsnr_max: float
+):
   """The time t at which the cosine schedule reaches `logsnr`."""
   a, b, _ = _cosine_angles(logsnr_min, logsnr_max)
   return (jnp.arctan(jnp.exp(-0.5 * jnp.asarray(logsnr))) - b) / a
@@ -69,25 +71,32 @@ _SCHEDULES = {
 }
 
 
-def get_logsnr_schedule(name: str, *, logsnr_min: float,
-                        logsnr_max: float) -> LogSNRSchedule:
+def get_logsnr_schedule(
+    name: str, *, logsnr_min: float, logsnr_max: float
+) -> LogSNRSchedule:
   """The schedule `name` ('cosine') with its end points bound."""
   _check_end_points(float(logsnr_min), float(logsnr_max))  # fail at build time
   return functools.partial(
-      _lookup(name)[0], logsnr_min=float(logsnr_min),
-      logsnr_max=float(logsnr_max))
+      _lookup(name)[0],
+      logsnr_min=float(logsnr_min),
+      logsnr_max=float(logsnr_max),
+  )
 
 
-def get_logsnr_schedule_inverse(name: str, *, logsnr_min: float,
-                                logsnr_max: float) -> LogSNRSchedule:
+def get_logsnr_schedule_inverse(
+    name: str, *, logsnr_min: float, logsnr_max: float
+) -> LogSNRSchedule:
   """The inverse (lambda -> t) of the schedule `name`."""
   return functools.partial(
-      _lookup(name)[1], logsnr_min=float(logsnr_min),
-      logsnr_max=float(logsnr_max))
+      _lookup(name)[1],
+      logsnr_min=float(logsnr_min),
+      logsnr_max=float(logsnr_max),
+  )
 
 
 def _lookup(name):
   if name not in _SCHEDULES:
     raise ValueError(
-        f'Unknown logsnr schedule {name!r}; choose one of {sorted(_SCHEDULES)}.')
+        f'Unknown logsnr schedule {name!r}; choose one of {sorted(_SCHEDULES)}.'
+    )
   return _SCHEDULES[name]

@@ -20,8 +20,11 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   batch-sharded input raises a ShardingTypeError.
   """
   devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,),
-                           axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.sharding.Mesh(
+      np.asarray(devices),
+      (DATA_AXIS,),
+      axis_types=(jax.sharding.AxisType.Auto,),
+  )
 
 
 def replicated(mesh) -> NamedSharding:
@@ -61,5 +64,6 @@ def device_batch(images: np.ndarray, labels: np.ndarray, mesh) -> dict:
 def global_array(array: np.ndarray, sharding) -> jax.Array:
   """A host array that every process holds alike -> a global array (jit
   refuses NumPy inputs for shardings that span several processes)."""
-  return jax.make_array_from_callback(array.shape, sharding,
-                                      lambda index: array[index])
+  return jax.make_array_from_callback(
+      array.shape, sharding, lambda index: array[index]
+  )

@@ -12,8 +12,6 @@ the state replicated; the loss is a mean over the global batch, so the
 gradient is the all-device mean before clipping.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,63 +24,103 @@ from diffusion_distillation import train_state as train_state_lib
 from diffusion_distillation import unet
 
 
-def _apply_fn(network: unet.UNet, params, labels, *, train: bool,
-              dropout_rng=None):
+def _apply_fn(
+    network: unet.UNet, params, labels, *, train: bool, dropout_rng=None
+):
   """model_fn(z, logsnr) of `network` with fixed params and labels."""
   rngs = {'dropout': dropout_rng} if train else {}
   return lambda z, logsnr: network.apply(
-      {'params': params}, z, logsnr, labels, train=train, rngs=rngs)
+      {'params': params}, z, logsnr, labels, train=train, rngs=rngs
+  )
 
 
-def _one_update(state, images, labels, rng, teacher_params, *, network,
-                optimizer, ema_decay, ema_schedule, logsnr_schedule, mean_type,
-                weighting, skip_nonfinite):
+def _one_update(
+    state,
+    images,
+    labels,
+    rng,
+    teacher_params,
+    *,
+    network,
+    optimizer,
+    ema_decay,
+    ema_schedule,
+    logsnr_schedule,
+    mean_type,
+    weighting,
+    skip_nonfinite,
+):
   """One optimizer step on one [B, ...] batch."""
-  rng = jax.random.fold_in(jax.random.fold_in(rng, state.num_sample_steps),
-                           state.step)
+  rng = jax.random.fold_in(
+      jax.random.fold_in(rng, state.num_sample_steps), state.step
+  )
   rng_loss, rng_dropout = jax.random.split(rng)
   teacher_fn = None
   if teacher_params is not None:
     teacher_fn = diffusion.make_denoise_fn(
-        _apply_fn(network, jax.lax.stop_gradient(teacher_params), labels,
-                  train=False),
-        mean_type=mean_type, clip_x=False)
+        _apply_fn(
+            network, jax.lax.stop_gradient(teacher_params), labels, train=False
+        ),
+        mean_type=mean_type,
+        clip_x=False,
+    )
     num_steps = state.num_sample_steps
   else:
     num_steps = 0  # continuous time
 
   def loss_fn(params):
     student_fn = diffusion.make_denoise_fn(
-        _apply_fn(network, params, labels, train=True,
-                  dropout_rng=rng_dropout),
-        mean_type=mean_type, clip_x=False)
+        _apply_fn(network, params, labels, train=True, dropout_rng=rng_dropout),
+        mean_type=mean_type,
+        clip_x=False,
+    )
     losses = diffusion.denoising_loss(
-        student_fn, x=images, rng=rng_loss, logsnr_schedule=logsnr_schedule,
-        num_steps=num_steps, weighting=weighting, teacher_fn=teacher_fn)
+        student_fn,
+        x=images,
+        rng=rng_loss,
+        logsnr_schedule=logsnr_schedule,
+        num_steps=num_steps,
+        weighting=weighting,
+        teacher_fn=teacher_fn,
+    )
     return jnp.mean(losses)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
-      step=state.step + 1, params=params, opt_state=opt_state,
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
       ema_params=train_state_lib.ema_update(
-          state.ema_params, params,
-          ema_decay if ema_decay == 0.0 else train_state_lib.ema_decay_at(
-              state.step + 1, decay=ema_decay, schedule=ema_schedule)))
+          state.ema_params,
+          params,
+          ema_decay
+          if ema_decay == 0.0
+          else train_state_lib.ema_decay_at(
+              state.step + 1, decay=ema_decay, schedule=ema_schedule
+          ),
+      ),
+  )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
     # Keep the old parameters but count the step, so data and RNG move on.
     new_state = jax.tree_util.tree_map(
         lambda new, old: jnp.where(finite, new, old),
-        new_state, state.replace(step=state.step + 1))
-  return new_state, {'loss': loss, 'grad_norm': grad_norm,
-                     'nonfinite': 1.0 - finite.astype(jnp.float32)}
+        new_state,
+        state.replace(step=state.step + 1),
+    )
+  return new_state, {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'nonfinite': 1.0 - finite.astype(jnp.float32),
+  }
 
 
 def _scan_updates(state, batch, rng, teacher_params, **settings):
   """`substeps` updates over batch['images'] [K, B, ...], metrics averaged."""
+
   def body(state, images_labels):
     images, labels = images_labels
     return _one_update(state, images, labels, rng, teacher_params, **settings)
@@ -121,27 +159,38 @@ def distill_step(state, teacher_params, batch, rng, **settings):
   return _scan_updates(state, batch, rng, teacher_params, **settings)
 
 
-def step_settings(config: ml_collections.ConfigDict, section: str, *,
-                  network: unet.UNet,
-                  optimizer: optax.GradientTransformation) -> dict:
+def step_settings(
+    config: ml_collections.ConfigDict,
+    section: str,
+    *,
+    network: unet.UNet,
+    optimizer: optax.GradientTransformation,
+) -> dict:
   """The static arguments of a step for config[section] ('train'/'distill')."""
   model = config.model
   return dict(
-      network=network, optimizer=optimizer,
+      network=network,
+      optimizer=optimizer,
       ema_decay=float(config[section].ema_decay),
       ema_schedule=config[section].get('ema_schedule', 'constant'),
       logsnr_schedule=schedules.get_logsnr_schedule(**model.logsnr_schedule),
-      mean_type=model.mean_type, weighting=model.mean_loss_weight_type,
-      skip_nonfinite=bool(config[section].get('skip_nonfinite_updates',
-                                              False)))
+      mean_type=model.mean_type,
+      weighting=model.mean_loss_weight_type,
+      skip_nonfinite=bool(config[section].get('skip_nonfinite_updates', False)),
+  )
 
 
-def check_finite(metrics: dict, step: int, section: str,
-                 skip_nonfinite: Optional[bool] = False):
+def check_finite(
+    metrics: dict,
+    step: int,
+    section: str,
+    skip_nonfinite: bool | None = False,
+):
   """Stops with a clear error when the loss went NaN/inf."""
   loss = float(metrics['loss'])
   if not np.isfinite(loss) and not skip_nonfinite:
     raise FloatingPointError(
         f'{section} loss is {loss} at step {step}: lower '
         f'{section}.learning_rate, or set {section}.skip_nonfinite_updates='
-        'True to skip such updates.')
+        'True to skip such updates.'
+    )

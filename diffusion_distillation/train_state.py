@@ -20,6 +20,7 @@ class TrainState:
     continuous-time teacher. Traced, so rounds of equal shapes share one
     compiled step.
   """
+
   step: jnp.ndarray
   params: Any
   opt_state: Any
@@ -27,8 +28,9 @@ class TrainState:
   num_sample_steps: jnp.ndarray
 
 
-def learning_rate_schedule(*, learning_rate: float, warmup_steps: int,
-                           decay_steps: int = 0) -> optax.Schedule:
+def learning_rate_schedule(
+    *, learning_rate: float, warmup_steps: int, decay_steps: int = 0
+) -> optax.Schedule:
   """Linear warmup to `learning_rate`, then constant, or (decay_steps > 0)
   linear decay to 0 at step `decay_steps`: the release declared both but
   implemented neither."""
@@ -36,15 +38,17 @@ def learning_rate_schedule(*, learning_rate: float, warmup_steps: int,
   if decay_steps <= 0:
     after = optax.constant_schedule(learning_rate)
   else:
-    after = optax.linear_schedule(learning_rate, 0.0,
-                                  max(decay_steps - warmup_steps, 1))
+    after = optax.linear_schedule(
+        learning_rate, 0.0, max(decay_steps - warmup_steps, 1)
+    )
   if warmup_steps <= 0:
     return after
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
-def make_optimizer(config: ml_collections.ConfigDict, section: str, *,
-                   decay_steps: int = 0) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, section: str, *, decay_steps: int = 0
+) -> optax.GradientTransformation:
   """Adam (config.adam) with config[section]'s learning rate and decoupled
   weight decay, after global-norm clipping.
 
@@ -53,14 +57,23 @@ def make_optimizer(config: ml_collections.ConfigDict, section: str, *,
   the data-parallel gradient, not per device as the release did.
   """
   phase, adam = config[section], config.adam
-  lr = learning_rate_schedule(learning_rate=phase.learning_rate,
-                              warmup_steps=phase.warmup_steps,
-                              decay_steps=decay_steps)
+  lr = learning_rate_schedule(
+      learning_rate=phase.learning_rate,
+      warmup_steps=phase.warmup_steps,
+      decay_steps=decay_steps,
+  )
   transforms = []
   if adam.grad_clip > 0:
     transforms.append(optax.clip_by_global_norm(adam.grad_clip))
-  transforms.append(optax.adamw(lr, b1=adam.b1, b2=adam.b2, eps=adam.eps,
-                                weight_decay=phase.weight_decay))
+  transforms.append(
+      optax.adamw(
+          lr,
+          b1=adam.b1,
+          b2=adam.b2,
+          eps=adam.eps,
+          weight_decay=phase.weight_decay,
+      )
+  )
   return optax.chain(*transforms)
 
 
@@ -92,8 +105,9 @@ def ema_decay_at(update: jnp.ndarray, *, decay: float, schedule: str):
 
 def check_ema_schedule(schedule: str):
   if schedule not in EMA_SCHEDULES:
-    raise ValueError(f'Unknown ema_schedule {schedule!r}; choose one of '
-                     f'{EMA_SCHEDULES}.')
+    raise ValueError(
+        f'Unknown ema_schedule {schedule!r}; choose one of {EMA_SCHEDULES}.'
+    )
 
 
 def ema_update(ema_params, params, decay):
@@ -104,21 +118,31 @@ def ema_update(ema_params, params, decay):
   if isinstance(decay, float) and decay == 0.0:
     return params
   return jax.tree_util.tree_map(
-      lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+      lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params
+  )
 
 
-def create_state(params, optimizer: optax.GradientTransformation, *,
-                 num_sample_steps: int = 0) -> TrainState:
+def create_state(
+    params,
+    optimizer: optax.GradientTransformation,
+    *,
+    num_sample_steps: int = 0,
+) -> TrainState:
   """A fresh state around `params` (EMA starts at the parameters)."""
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      opt_state=optimizer.init(params), ema_params=params,
-      num_sample_steps=jnp.asarray(num_sample_steps, jnp.int32))
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      ema_params=params,
+      num_sample_steps=jnp.asarray(num_sample_steps, jnp.int32),
+  )
 
 
 def abstract_state(network, config, optimizer) -> TrainState:
   """Shapes and dtypes of the state, with no memory allocated."""
   return jax.eval_shape(
       lambda rng: create_state(
-          network_lib.init_params(network, config, rng), optimizer),
-      jax.random.key(0))
+          network_lib.init_params(network, config, rng), optimizer
+      ),
+      jax.random.key(0),
+  )

@@ -28,6 +28,7 @@ PHASES = ('train', 'distill')
 
 class RngStream(enum.IntEnum):
   """Independent random streams of a run, each folded into the config seed."""
+
   INIT = 0  # the teacher's initial parameters
   TRAIN = 1  # teacher training: times, noise and dropout of every step
   DISTILL = 2  # distillation rounds: times and noise of every step
@@ -45,6 +46,7 @@ class Trainer:
   (distillation) runs `config[phase].substeps` optimizer steps on a
   [K, B, ...] batch and returns (state, metrics); the state is donated.
   """
+
   config: ml_collections.ConfigDict
   phase: str
   mesh: jax.sharding.Mesh
@@ -63,8 +65,10 @@ class Trainer:
     replicated = sharding.replicated(self.mesh)
     return jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-        train_state_lib.abstract_state(self.network, self.config,
-                                       self.optimizer))
+        train_state_lib.abstract_state(
+            self.network, self.config, self.optimizer
+        ),
+    )
 
   def abstract_params(self):
     return self.abstract_state().params
@@ -73,7 +77,8 @@ class Trainer:
     """Freshly initialised parameters, replicated over the mesh."""
     init = jax.jit(
         lambda key: network_lib.init_params(self.network, self.config, key),
-        out_shardings=sharding.replicated(self.mesh))
+        out_shardings=sharding.replicated(self.mesh),
+    )
     return init(rng)
 
   def fresh_state(self, params, num_sample_steps: int):
@@ -82,15 +87,17 @@ class Trainer:
     one device instead of replicated would make the second call compile
     again."""
     own = lambda tree: jax.tree_util.tree_map(
-        lambda a: jnp.array(a, copy=True), tree)
-    state = train_state_lib.create_state(own(params), self.optimizer,
-                                         num_sample_steps=num_sample_steps)
-    return sharding.replicate(state.replace(ema_params=own(params)),
-                              self.mesh)
+        lambda a: jnp.array(a, copy=True), tree
+    )
+    state = train_state_lib.create_state(
+        own(params), self.optimizer, num_sample_steps=num_sample_steps
+    )
+    return sharding.replicate(state.replace(ema_params=own(params)), self.mesh)
 
 
-def build(config: ml_collections.ConfigDict, phase: str,
-          mesh: jax.sharding.Mesh) -> Trainer:
+def build(
+    config: ml_collections.ConfigDict, phase: str, mesh: jax.sharding.Mesh
+) -> Trainer:
   """The Trainer of config[phase] ('train' or 'distill') on `mesh`.
 
   The teacher trains with `model.dropout` at a constant learning rate after
@@ -107,20 +114,31 @@ def build(config: ml_collections.ConfigDict, phase: str,
     decay_steps = config.distill.steps_per_round
     stream, step_fn = RngStream.DISTILL, steps.distill_step
   network = network_lib.build_network(config, dropout=dropout)
-  optimizer = train_state_lib.make_optimizer(config, phase,
-                                             decay_steps=decay_steps)
-  settings = steps.step_settings(config, phase, network=network,
-                                 optimizer=optimizer)
+  optimizer = train_state_lib.make_optimizer(
+      config, phase, decay_steps=decay_steps
+  )
+  settings = steps.step_settings(
+      config, phase, network=network, optimizer=optimizer
+  )
   replicated = sharding.replicated(mesh)
   batch = sharding.batch_sharding(mesh)
   if phase == 'train':
     in_shardings = (replicated, batch, replicated)
   else:
     in_shardings = (replicated, replicated, batch, replicated)
-  compiled_step = jax.jit(functools.partial(step_fn, **settings),
-                          in_shardings=in_shardings,
-                          out_shardings=(replicated, replicated),
-                          donate_argnums=(0,))
+  compiled_step = jax.jit(
+      functools.partial(step_fn, **settings),
+      in_shardings=in_shardings,
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+  )
   rng = sharding.replicate(stream_key(config.seed, stream), mesh)
-  return Trainer(config=config, phase=phase, mesh=mesh, network=network,
-                 optimizer=optimizer, compiled_step=compiled_step, rng=rng)
+  return Trainer(
+      config=config,
+      phase=phase,
+      mesh=mesh,
+      network=network,
+      optimizer=optimizer,
+      compiled_step=compiled_step,
+      rng=rng,
+  )

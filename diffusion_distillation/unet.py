@@ -6,7 +6,7 @@ so that their `ema_params` map onto this module by name.
 """
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -17,12 +17,15 @@ LOGSNR_INPUT_TYPES = ('inv_cos', 'linear', 'sigmoid')
 
 def check_logsnr_input_type(logsnr_input_type: str):
   if logsnr_input_type not in LOGSNR_INPUT_TYPES:
-    raise ValueError(f'Unknown logsnr_input_type {logsnr_input_type!r}; '
-                     f'choose one of {LOGSNR_INPUT_TYPES}.')
+    raise ValueError(
+        f'Unknown logsnr_input_type {logsnr_input_type!r}; '
+        f'choose one of {LOGSNR_INPUT_TYPES}.'
+    )
 
 
-def logsnr_to_time(logsnr, *, logsnr_input_type: str,
-                   logsnr_scale_range=(-10.0, 10.0)):
+def logsnr_to_time(
+    logsnr, *, logsnr_input_type: str, logsnr_scale_range=(-10.0, 10.0)
+):
   """Maps log-SNR to the scalar in roughly [0, 1] that the network embeds.
 
   'inv_cos' inverts the unclipped cosine schedule (lambda in [-20, 20]):
@@ -30,14 +33,17 @@ def logsnr_to_time(logsnr, *, logsnr_input_type: str,
   """
   if logsnr_input_type == 'inv_cos':
     return jnp.arctan(jnp.exp(-0.5 * jnp.clip(logsnr, -20.0, 20.0))) / (
-        0.5 * jnp.pi)
+        0.5 * jnp.pi
+    )
   if logsnr_input_type == 'linear':
     low, high = logsnr_scale_range
     return (logsnr - low) / (high - low)
   if logsnr_input_type == 'sigmoid':
     return jax.nn.sigmoid(logsnr)
-  raise ValueError(f'Unknown logsnr_input_type {logsnr_input_type!r}; '
-                   f'choose one of {LOGSNR_INPUT_TYPES}.')
+  raise ValueError(
+      f'Unknown logsnr_input_type {logsnr_input_type!r}; '
+      f'choose one of {LOGSNR_INPUT_TYPES}.'
+  )
 
 
 def sinusoidal_embedding(t, dim: int, scale: float = 1000.0):
@@ -61,9 +67,10 @@ def downsample_avg(x):
 
 class ResnetBlock(nn.Module):
   """GN-swish-conv, FiLM by the embedding, GN-swish-dropout-conv, residual."""
+
   dropout: float
-  out_ch: Optional[int] = None
-  resample: Optional[str] = None  # None | 'up' | 'down'
+  out_ch: int | None = None
+  resample: str | None = None  # None | 'up' | 'down'
   num_groups: int = 32
 
   @nn.compact
@@ -77,11 +84,14 @@ class ResnetBlock(nn.Module):
     h = nn.Conv(out_ch, (3, 3), name='conv1')(h)
     scale, shift = jnp.split(
         nn.Dense(2 * out_ch, name='temb_proj')(nn.swish(emb))[:, None, None],
-        2, axis=-1)
+        2,
+        axis=-1,
+    )
     h = nn.GroupNorm(self.num_groups, name='norm2')(h) * (1.0 + scale) + shift
     h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
-    h = nn.Conv(out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                name='conv2')(h)
+    h = nn.Conv(
+        out_ch, (3, 3), kernel_init=nn.initializers.zeros, name='conv2'
+    )(h)
     if in_ch != out_ch:
       x = nn.Dense(out_ch, name='nin_shortcut')(x)
     return x + h
@@ -89,38 +99,50 @@ class ResnetBlock(nn.Module):
 
 class AttnBlock(nn.Module):
   """Multi-head self-attention over all pixels, residual."""
-  num_heads: Optional[int] = None
-  head_dim: Optional[int] = None
+
+  num_heads: int | None = None
+  head_dim: int | None = None
   num_groups: int = 32
 
   @nn.compact
   def __call__(self, x):
     batch, height, width, channels = x.shape
-    num_heads, head_dim = attention_heads(channels, self.num_heads,
-                                          self.head_dim)
+    num_heads, head_dim = attention_heads(
+        channels, self.num_heads, self.head_dim
+    )
     h = nn.GroupNorm(self.num_groups, name='norm')(x)
     h = h.reshape(batch, height * width, channels)
-    qkv = [nn.DenseGeneral((num_heads, head_dim), name=name)(h)
-           for name in ('q', 'k', 'v')]
+    qkv = [
+        nn.DenseGeneral((num_heads, head_dim), name=name)(h)
+        for name in ('q', 'k', 'v')
+    ]
     h = nn.dot_product_attention(*qkv)
-    h = nn.DenseGeneral(channels, axis=(-2, -1),
-                        kernel_init=nn.initializers.zeros, name='proj_out')(h)
+    h = nn.DenseGeneral(
+        channels,
+        axis=(-2, -1),
+        kernel_init=nn.initializers.zeros,
+        name='proj_out',
+    )(h)
     return x + h.reshape(x.shape)
 
 
 def attention_heads(channels, num_heads, head_dim):
   """(num_heads, head_dim) from exactly one of the two."""
   if (num_heads is None) == (head_dim is None):
-    raise ValueError('Give exactly one of num_heads and head_dim, got '
-                     f'num_heads={num_heads}, head_dim={head_dim}.')
+    raise ValueError(
+        'Give exactly one of num_heads and head_dim, got '
+        f'num_heads={num_heads}, head_dim={head_dim}.'
+    )
   if head_dim is None:
     if channels % num_heads:
-      raise ValueError(f'{channels} channels do not split into {num_heads} '
-                       'attention heads.')
+      raise ValueError(
+          f'{channels} channels do not split into {num_heads} attention heads.'
+      )
     return num_heads, channels // num_heads
   if channels % head_dim:
-    raise ValueError(f'{channels} channels do not split into heads of '
-                     f'head_dim={head_dim}.')
+    raise ValueError(
+        f'{channels} channels do not split into heads of head_dim={head_dim}.'
+    )
   return channels // head_dim, head_dim
 
 
@@ -131,6 +153,7 @@ class UNet(nn.Module):
   unconditional (y is ignored); `resblock_resample` chooses resampling
   ResBlocks (every released config) over strided/nearest convolutions.
   """
+
   ch: int
   emb_ch: int
   out_ch: int
@@ -139,8 +162,8 @@ class UNet(nn.Module):
   attn_resolutions: Sequence[int]
   dropout: float = 0.0
   num_classes: int = 1
-  num_heads: Optional[int] = None
-  head_dim: Optional[int] = None
+  num_heads: int | None = None
+  head_dim: int | None = None
   logsnr_input_type: str = 'inv_cos'
   logsnr_scale_range: Sequence[float] = (-10.0, 10.0)
   resblock_resample: bool = True
@@ -150,39 +173,53 @@ class UNet(nn.Module):
   def __call__(self, x, logsnr, y=None, *, train: bool = False):
     batch = x.shape[0]
     num_levels = len(self.ch_mult)
-    if x.shape[1] % 2**(num_levels - 1) or x.shape[2] % 2**(num_levels - 1):
-      raise ValueError(f'Image size {x.shape[1:3]} is not divisible by '
-                       f'2**{num_levels - 1} for ch_mult={self.ch_mult}.')
+    if x.shape[1] % 2 ** (num_levels - 1) or x.shape[2] % 2 ** (num_levels - 1):
+      raise ValueError(
+          f'Image size {x.shape[1:3]} is not divisible by '
+          f'2**{num_levels - 1} for ch_mult={self.ch_mult}.'
+      )
     logsnr = jnp.broadcast_to(logsnr, (batch,))
 
-    t = logsnr_to_time(logsnr, logsnr_input_type=self.logsnr_input_type,
-                       logsnr_scale_range=tuple(self.logsnr_scale_range))
+    t = logsnr_to_time(
+        logsnr,
+        logsnr_input_type=self.logsnr_input_type,
+        logsnr_scale_range=tuple(self.logsnr_scale_range),
+    )
     emb = sinusoidal_embedding(t, self.ch)
     emb = nn.Dense(self.emb_ch, name='dense0')(emb)
     emb = nn.Dense(self.emb_ch, name='dense1')(nn.swish(emb))
     if self.num_classes > 1:
       if y is None:
-        raise ValueError(f'This network is class-conditional '
-                         f'(num_classes={self.num_classes}): pass labels y.')
+        raise ValueError(
+            'This network is class-conditional '
+            f'(num_classes={self.num_classes}): pass labels y.'
+        )
       emb += nn.Dense(self.emb_ch, name='class_emb')(
-          jax.nn.one_hot(y, self.num_classes, dtype=emb.dtype))
+          jax.nn.one_hot(y, self.num_classes, dtype=emb.dtype)
+      )
 
     block = lambda name, **kw: ResnetBlock(
-        dropout=self.dropout, num_groups=self.num_groups, name=name, **kw)
-    attn = lambda name: AttnBlock(self.num_heads, self.head_dim,
-                                  self.num_groups, name=name)
+        dropout=self.dropout, num_groups=self.num_groups, name=name, **kw
+    )
+    attn = lambda name: AttnBlock(
+        self.num_heads, self.head_dim, self.num_groups, name=name
+    )
 
     skips = [nn.Conv(self.ch, (3, 3), name='conv_in')(x)]
     for level in range(num_levels):
       for j in range(self.num_res_blocks):
-        h = block(f'down_{level}.block_{j}', out_ch=self.ch *
-                  self.ch_mult[level])(skips[-1], emb, train=train)
+        h = block(
+            f'down_{level}.block_{j}', out_ch=self.ch * self.ch_mult[level]
+        )(skips[-1], emb, train=train)
         if h.shape[1] in self.attn_resolutions:
           h = attn(f'down_{level}.attn_{j}')(h)
         skips.append(h)
       if level != num_levels - 1:
-        skips.append(self._resample(skips[-1], emb, 'down',
-                                    f'down_{level}.downsample', train))
+        skips.append(
+            self._resample(
+                skips[-1], emb, 'down', f'down_{level}.downsample', train
+            )
+        )
 
     h = block('mid.block_1')(skips[-1], emb, train=train)
     h = attn('mid.attn_1')(h)
@@ -190,24 +227,27 @@ class UNet(nn.Module):
 
     for level in reversed(range(num_levels)):
       for j in range(self.num_res_blocks + 1):
-        h = block(f'up_{level}.block_{j}', out_ch=self.ch *
-                  self.ch_mult[level])(
-                      jnp.concatenate([h, skips.pop()], axis=-1), emb,
-                      train=train)
+        h = block(
+            f'up_{level}.block_{j}', out_ch=self.ch * self.ch_mult[level]
+        )(jnp.concatenate([h, skips.pop()], axis=-1), emb, train=train)
         if h.shape[1] in self.attn_resolutions:
           h = attn(f'up_{level}.attn_{j}')(h)
       if level != 0:
         h = self._resample(h, emb, 'up', f'up_{level}.upsample', train)
 
     h = nn.swish(nn.GroupNorm(self.num_groups, name='norm_out')(h))
-    return nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                   name='conv_out')(h)
+    return nn.Conv(
+        self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, name='conv_out'
+    )(h)
 
   def _resample(self, x, emb, direction, name, train):
     if self.resblock_resample:
-      return ResnetBlock(dropout=self.dropout, resample=direction,
-                         num_groups=self.num_groups, name=name)(
-                             x, emb, train=train)
+      return ResnetBlock(
+          dropout=self.dropout,
+          resample=direction,
+          num_groups=self.num_groups,
+          name=name,
+      )(x, emb, train=train)
     channels = x.shape[-1]
     if direction == 'down':
       return nn.Conv(channels, (3, 3), strides=(2, 2), name=name)(x)

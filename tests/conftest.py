@@ -9,16 +9,17 @@ import sys
 # it. Set before jax is imported.
 os.environ.setdefault(
     'JAX_COMPILATION_CACHE_DIR',
-    os.path.expanduser('~/.cache/diffusion_distillation/xla'))
+    os.path.expanduser('~/.cache/diffusion_distillation/xla'),
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
-from configs import test as test_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from diffusion_distillation import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
-from diffusion_distillation import network as network_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import test as test_config  # noqa: E402
+from diffusion_distillation import checkpoints  # noqa: E402
+from diffusion_distillation import network as network_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The limit on any subprocess or wait in a test: long enough that only a
@@ -42,17 +43,23 @@ def tiny_config(**overrides):
 def run_python(args, *, env=None, timeout=HANG_SECS, **kwargs):
   """Runs `python args...` in the repository; returns the CompletedProcess."""
   return subprocess.run(
-      [sys.executable] + list(args), cwd=REPO,
+      [sys.executable] + list(args),
+      cwd=REPO,
       env=dict(os.environ, **(env or {})),
-      capture_output=True, text=True, timeout=timeout, **kwargs)
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      **kwargs
+  )
 
 
 def saved_params(workdir, num_sample_steps, config):
   """models/<num_sample_steps> of `workdir` as NumPy arrays."""
   network = network_lib.build_network(config, dropout=0.0)
   abstract = network_lib.abstract_params(network, config)
-  params, _ = checkpoints.load_model(workdir, abstract,
-                                     num_sample_steps=num_sample_steps)
+  params, _ = checkpoints.load_model(
+      workdir, abstract, num_sample_steps=num_sample_steps
+  )
   return jax.tree_util.tree_map(np.asarray, params)
 
 
@@ -68,14 +75,26 @@ def randomize_params(params, rng, scale=0.2):
   """Replaces every parameter by noise: a fresh U-Net outputs exactly zero."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(rng, len(leaves))
-  return jax.tree_util.tree_unflatten(treedef, [
-      scale * jax.random.normal(k, leaf.shape, leaf.dtype)
-      for k, leaf in zip(keys, leaves)])
+  return jax.tree_util.tree_unflatten(
+      treedef,
+      [
+          scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+          for k, leaf in zip(keys, leaves)
+      ],
+  )
 
 
 @pytest.fixture(scope='session')
 def tiny_unet_kwargs():
-  return dict(ch=8, emb_ch=16, ch_mult=(1, 2), num_res_blocks=1,
-              attn_resolutions=(4,), num_heads=1, dropout=0.1,
-              logsnr_input_type='inv_cos', resblock_resample=True,
-              num_groups=4)
+  return dict(
+      ch=8,
+      emb_ch=16,
+      ch_mult=(1, 2),
+      num_res_blocks=1,
+      attn_resolutions=(4,),
+      num_heads=1,
+      dropout=0.1,
+      logsnr_input_type='inv_cos',
+      resblock_resample=True,
+      num_groups=4,
+  )

@@ -16,8 +16,9 @@ def _close(a, b):
 
 def test_throughput_smoke_writes_every_figure(tmp_path):
   out = tmp_path / 'throughput.json'
-  result = run_python(['-m', 'benchmarks.throughput', '--smoke',
-                      f'--out={out}'])
+  result = run_python(
+      ['-m', 'benchmarks.throughput', '--smoke', f'--out={out}']
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.loads(out.read_text())
 
@@ -33,36 +34,53 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
     assert _positive(model['parameters'])
     for kind in ('train_step', 'distill_step'):
       step = model[kind]
-      for key in ('seconds_median', 'images_per_sec', 'flops',
-                  'flops_per_image', 'flops_per_sec', 'compile_seconds'):
+      for key in (
+          'seconds_median',
+          'images_per_sec',
+          'flops',
+          'flops_per_image',
+          'flops_per_sec',
+          'compile_seconds',
+      ):
         assert _positive(step[key]), (kind, key, step[key])
-      assert _close(step['images_per_sec'],
-                    step['images_per_call'] / step['seconds_median'])
-      assert _close(step['flops_per_sec'],
-                    step['flops'] / step['seconds_median'])
+      assert _close(
+          step['images_per_sec'],
+          step['images_per_call'] / step['seconds_median'],
+      )
+      assert _close(
+          step['flops_per_sec'], step['flops'] / step['seconds_median']
+      )
       assert set(step['fraction_of_matmul']) == set(peaks)
       for dtype, fraction in step['fraction_of_matmul'].items():
         assert _close(fraction, step['flops_per_sec'] / peaks[dtype])
       assert step['xla_memory_bytes']['argument'] > 0
       memory = step['memory']
-      for key in ('rss_runtime_bytes', 'rss_with_state_bytes',
-                  'peak_rss_step_bytes', 'peak_rss_process_bytes'):
+      for key in (
+          'rss_runtime_bytes',
+          'rss_with_state_bytes',
+          'peak_rss_step_bytes',
+          'peak_rss_process_bytes',
+      ):
         assert _positive(memory[key]), (kind, key)
       assert memory['peak_rss_above_runtime_bytes'] == (
-          memory['peak_rss_step_bytes'] - memory['rss_runtime_bytes'])
+          memory['peak_rss_step_bytes'] - memory['rss_runtime_bytes']
+      )
       held = memory['state_bytes']
       assert held['total'] == sum(v for k, v in held.items() if k != 'total')
       assert held['opt_state'] >= 2 * held['params'] > 0  # Adam's two moments
       assert math.isfinite(memory['peak_over_state'])
-    assert model['distill_step']['memory']['state_bytes'][
-        'teacher_params'] == model['train_step']['memory']['state_bytes'][
-            'params']
+    assert (
+        model['distill_step']['memory']['state_bytes']['teacher_params']
+        == model['train_step']['memory']['state_bytes']['params']
+    )
 
     ratio = model['distill_over_train']
     train, distill = model['train_step'], model['distill_step']
-    assert _close(ratio['time_per_image'],
-                  (distill['seconds_median'] / distill['images_per_call']) /
-                  (train['seconds_median'] / train['images_per_call']))
+    assert _close(
+        ratio['time_per_image'],
+        (distill['seconds_median'] / distill['images_per_call'])
+        / (train['seconds_median'] / train['images_per_call']),
+    )
     assert _close(ratio['flops'], distill['flops'] / train['flops'])
     assert ratio['flops'] > 1  # the teacher's two forwards cost something
     assert _close(ratio['ideal'], 5 / 3)
@@ -72,21 +90,29 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
     sampling = model['sampling']
     for steps, seconds in sampling['seconds'].items():
       assert _positive(seconds)
-      assert _close(sampling['overhead'][steps],
-                    seconds / (int(steps) * forward))
-      assert _close(sampling['images_per_sec'][steps],
-                    sampling['batch_size'] / seconds)
+      assert _close(
+          sampling['overhead'][steps], seconds / (int(steps) * forward)
+      )
+      assert _close(
+          sampling['images_per_sec'][steps], sampling['batch_size'] / seconds
+      )
 
     speedup = model['student_speedup']
-    assert _close(speedup['student_seconds'],
-                  sampling['seconds'][str(speedup['student_steps'])])
+    assert _close(
+        speedup['student_seconds'],
+        sampling['seconds'][str(speedup['student_steps'])],
+    )
     teacher = str(speedup['teacher_steps'])
     if speedup['teacher_source'] == 'measured':
       assert _close(speedup['teacher_seconds'], sampling['seconds'][teacher])
     else:
       longest = max(sampling['overhead'], key=int)
-      assert _close(speedup['teacher_seconds'],
-                    int(teacher) * forward * sampling['overhead'][longest])
-    assert _close(speedup['speedup'],
-                  speedup['teacher_seconds'] / speedup['student_seconds'])
+      assert _close(
+          speedup['teacher_seconds'],
+          int(teacher) * forward * sampling['overhead'][longest],
+      )
+    assert _close(
+        speedup['speedup'],
+        speedup['teacher_seconds'] / speedup['student_seconds'],
+    )
     assert _close(speedup['ideal'], int(teacher) / speedup['student_steps'])

@@ -23,9 +23,17 @@ DATASETS = {
 
 
 def _dataset_config(name, **overrides):
-  return ml_collections.ConfigDict(dict(
-      dict(name=name, image_size=DATASETS[name][0], data_dir='',
-           shuffle_buffer=64), **overrides))
+  return ml_collections.ConfigDict(
+      dict(
+          dict(
+              name=name,
+              image_size=DATASETS[name][0],
+              data_dir='',
+              shuffle_buffer=64,
+          ),
+          **overrides,
+      )
+  )
 
 
 def _batch(stream, step=0, **kwargs):
@@ -37,8 +45,12 @@ def _batch(stream, step=0, **kwargs):
 def test_batches_have_the_in_memory_layout(name):
   size, num_classes = DATASETS[name]
   with tfds.testing.mock_data(num_examples=16):
-    images, labels = _batch(input_pipeline.TfdsStream(_dataset_config(name)),
-                            batch_size=8, process_index=1, process_count=2)
+    images, labels = _batch(
+        input_pipeline.TfdsStream(_dataset_config(name)),
+        batch_size=8,
+        process_index=1,
+        process_count=2,
+    )
   assert images.shape == (2, 4, size, size, 3)  # [substeps, B_local, ...]
   assert images.dtype == np.float32
   assert -1.0 <= images.min() < 0.0 < images.max() <= 1.0
@@ -95,18 +107,30 @@ def test_each_process_reads_its_own_split_and_order():
     del self, kwargs
     splits.append(split)
     value = 10 * (split.index + 1)
-    return tf.data.Dataset.range(16).map(lambda i: {  # encoded, as stored
-        'image': tf.io.encode_png(
-            tf.fill([32, 32, 3], tf.cast(value + i, tf.uint8))),
-        'label': i})
+    return tf.data.Dataset.range(16).map(
+        lambda i: {  # encoded, as stored
+            'image': tf.io.encode_png(
+                tf.fill([32, 32, 3], tf.cast(value + i, tf.uint8))
+            ),
+            'label': i,
+        }
+    )
 
   config = _dataset_config('cifar10')
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    batches = [_batch(input_pipeline.TfdsStream(config), batch_size=8,
-                      process_index=i, process_count=2) for i in range(2)]
+    batches = [
+        _batch(
+            input_pipeline.TfdsStream(config),
+            batch_size=8,
+            process_index=i,
+            process_count=2,
+        )
+        for i in range(2)
+    ]
   assert splits == [
       tfds.split_for_jax_process('train', process_index=i, process_count=2)
-      for i in range(2)]
+      for i in range(2)
+  ]
   pixels = [np.round((images + 1) * 127.5) for images, _ in batches]
   assert 10 <= pixels[0].min() and pixels[0].max() < 26
   assert 20 <= pixels[1].min() and pixels[1].max() < 36
@@ -117,25 +141,36 @@ def test_each_process_reads_its_own_split_and_order():
 def test_central_square_crop_on_non_square_images():
   tall = tf.reshape(tf.range(6 * 3), [6, 3, 1])
   # Long side 6, short 3: rows from 6 // 2 - 3 // 2 = 2, as the release.
-  np.testing.assert_array_equal(input_pipeline.central_square_crop(tall),
-                                tall[2:5])
+  np.testing.assert_array_equal(
+      input_pipeline.central_square_crop(tall), tall[2:5]
+  )
   wide = tf.reshape(tf.range(3 * 8), [3, 8, 1])
-  np.testing.assert_array_equal(input_pipeline.central_square_crop(wide),
-                                wide[:, 3:6])
+  np.testing.assert_array_equal(
+      input_pipeline.central_square_crop(wide), wide[:, 3:6]
+  )
   square = tf.reshape(tf.range(4 * 4), [4, 4, 1])
-  np.testing.assert_array_equal(input_pipeline.central_square_crop(square),
-                                square)
+  np.testing.assert_array_equal(
+      input_pipeline.central_square_crop(square), square
+  )
 
 
 def test_resize_area_averages_blocks_and_bilinear_keeps_flat_regions():
-  blocks = np.kron(np.array([[0, 100], [200, 255]], np.uint8),
-                   np.ones((4, 4), np.uint8))[..., None]
+  blocks = np.kron(
+      np.array([[0, 100], [200, 255]], np.uint8), np.ones((4, 4), np.uint8)
+  )[..., None]
   area = input_pipeline.resize(tf.constant(blocks), 2, 'area')
   assert area.dtype == tf.float32
   np.testing.assert_allclose(area[..., 0], [[0, 100], [200, 255]])
-  quarter = input_pipeline.resize(tf.constant(np.kron(
-      np.array([[0, 255], [255, 0]], np.uint8), np.ones((2, 2), np.uint8))[
-          ..., None]), 1, 'area')
+  quarter = input_pipeline.resize(
+      tf.constant(
+          np.kron(
+              np.array([[0, 255], [255, 0]], np.uint8),
+              np.ones((2, 2), np.uint8),
+          )[..., None]
+      ),
+      1,
+      'area',
+  )
   np.testing.assert_allclose(quarter, [[[127.5]]])
   flat = np.full((12, 12, 3), 77, np.uint8)
   bilinear = input_pipeline.resize(tf.constant(flat), 5, 'bilinear')
@@ -162,14 +197,23 @@ def test_random_flip_is_seeded_and_flips_about_half():
   assert 160 < len(flipped) < 240
 
 
-@pytest.mark.parametrize('name,expected', [
-    ('cifar10', 'tfds build cifar10 --data_dir={}'),
-    ('lsun/bedroom', 'tfds build lsun/bedroom --data_dir={}'),
-    ('imagenet2012', 'place them in /tars and run: tfds build imagenet2012 '
-     '--data_dir={} --manual_dir=/tars'),
-])
-def test_a_dataset_that_is_not_prepared_names_the_command(name, expected,
-                                                         tmp_path):
+@pytest.mark.parametrize(
+    'name,expected',
+    [
+        ('cifar10', 'tfds build cifar10 --data_dir={}'),
+        ('lsun/bedroom', 'tfds build lsun/bedroom --data_dir={}'),
+        (
+            'imagenet2012',
+            (
+                'place them in /tars and run: tfds build imagenet2012 '
+                '--data_dir={} --manual_dir=/tars'
+            ),
+        ),
+    ],
+)
+def test_a_dataset_that_is_not_prepared_names_the_command(
+    name, expected, tmp_path
+):
   overrides = {'manual_dir': '/tars'} if name == 'imagenet2012' else {}
   config = _dataset_config(name, data_dir=str(tmp_path), **overrides)
   with pytest.raises(errors.InputError) as error:
@@ -180,17 +224,36 @@ def test_a_dataset_that_is_not_prepared_names_the_command(name, expected,
   assert '\n' not in message
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'dataset.name': 'cifar100'}, "Unknown dataset.name 'cifar100'"),
-    ({'dataset.name': 'cifar10', 'dataset.image_size': 64,
-      'dataset.channels': 3}, 'cifar10 images are 32x32; set it to 32'),
-    ({'dataset.name': 'cifar10', 'dataset.image_size': 32},
-     'cifar10 images are RGB; set it to 3'),
-    ({'dataset.name': 'imagenet2012', 'dataset.channels': 3,
-      'dataset.num_classes': 10}, 'imagenet2012 has 1000 classes'),
-    ({'dataset.name': 'lsun/bedroom', 'dataset.channels': 3},
-     'lsun/bedroom has no labels; set dataset.class_conditional=False'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'dataset.name': 'cifar100'}, "Unknown dataset.name 'cifar100'"),
+        (
+            {
+                'dataset.name': 'cifar10',
+                'dataset.image_size': 64,
+                'dataset.channels': 3,
+            },
+            'cifar10 images are 32x32; set it to 32',
+        ),
+        (
+            {'dataset.name': 'cifar10', 'dataset.image_size': 32},
+            'cifar10 images are RGB; set it to 3',
+        ),
+        (
+            {
+                'dataset.name': 'imagenet2012',
+                'dataset.channels': 3,
+                'dataset.num_classes': 10,
+            },
+            'imagenet2012 has 1000 classes',
+        ),
+        (
+            {'dataset.name': 'lsun/bedroom', 'dataset.channels': 3},
+            'lsun/bedroom has no labels; set dataset.class_conditional=False',
+        ),
+    ],
+)
 def test_dataset_fields_that_do_not_fit_are_refused(overrides, message):
   with pytest.raises(errors.InputError, match=message):
     config_checks.check_config(tiny_config(**overrides))

@@ -20,11 +20,18 @@ def _random_spd(rng, dim):
 def _reference_fd(mean_a, cov_a, mean_b, cov_b):
   """Fréchet distance via Tr (C_a^(1/2) C_b C_a^(1/2))^(1/2), by eigh."""
   eigenvalues, eigenvectors = np.linalg.eigh(cov_a)
-  sqrt_a = eigenvectors @ np.diag(np.sqrt(np.clip(eigenvalues, 0, None))
-                                  ) @ eigenvectors.T
+  sqrt_a = (
+      eigenvectors
+      @ np.diag(np.sqrt(np.clip(eigenvalues, 0, None)))
+      @ eigenvectors.T
+  )
   inner = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
-  return (np.sum((mean_a - mean_b)**2) + np.trace(cov_a) + np.trace(cov_b)
-          - 2.0 * np.sum(np.sqrt(np.clip(inner, 0, None))))
+  return (
+      np.sum((mean_a - mean_b) ** 2)
+      + np.trace(cov_a)
+      + np.trace(cov_b)
+      - 2.0 * np.sum(np.sqrt(np.clip(inner, 0, None)))
+  )
 
 
 def _stats(mean, cov):
@@ -39,10 +46,12 @@ def test_fd_diagonal_closed_form():
   rng = np.random.default_rng(0)
   mean_a, mean_b = rng.normal(size=16), rng.normal(size=16)
   var_a, var_b = rng.uniform(0.1, 3.0, 16), rng.uniform(0.1, 3.0, 16)
-  expected = (np.sum((mean_a - mean_b)**2)
-              + np.sum((np.sqrt(var_a) - np.sqrt(var_b))**2))
-  got = metrics.frechet_distance(_stats(mean_a, np.diag(var_a)),
-                                 _stats(mean_b, np.diag(var_b)))
+  expected = np.sum((mean_a - mean_b) ** 2) + np.sum(
+      (np.sqrt(var_a) - np.sqrt(var_b)) ** 2
+  )
+  got = metrics.frechet_distance(
+      _stats(mean_a, np.diag(var_a)), _stats(mean_b, np.diag(var_b))
+  )
   assert isinstance(got, float)
   np.testing.assert_allclose(got, expected, rtol=1e-10)
 
@@ -53,8 +62,9 @@ def test_fd_matches_eigendecomposition(dim):
   mean_a, mean_b = rng.normal(size=dim), rng.normal(size=dim)
   cov_a, cov_b = _random_spd(rng, dim), _random_spd(rng, dim)
   got = metrics.frechet_distance(_stats(mean_a, cov_a), _stats(mean_b, cov_b))
-  np.testing.assert_allclose(got, _reference_fd(mean_a, cov_a, mean_b, cov_b),
-                             rtol=1e-8)
+  np.testing.assert_allclose(
+      got, _reference_fd(mean_a, cov_a, mean_b, cov_b), rtol=1e-8
+  )
 
 
 def test_fd_identical_is_zero_and_symmetric():
@@ -62,9 +72,11 @@ def test_fd_identical_is_zero_and_symmetric():
   stats_a = _stats(rng.normal(size=24), _random_spd(rng, 24))
   stats_b = _stats(rng.normal(size=24), _random_spd(rng, 24))
   assert metrics.frechet_distance(stats_a, stats_a) < 1e-9
-  np.testing.assert_allclose(metrics.frechet_distance(stats_a, stats_b),
-                             metrics.frechet_distance(stats_b, stats_a),
-                             rtol=1e-10)
+  np.testing.assert_allclose(
+      metrics.frechet_distance(stats_a, stats_b),
+      metrics.frechet_distance(stats_b, stats_a),
+      rtol=1e-10,
+  )
 
 
 def test_fd_from_gaussian_samples_approaches_analytic():
@@ -75,8 +87,9 @@ def test_fd_from_gaussian_samples_approaches_analytic():
   stats_a = metrics.feature_stats(rng.multivariate_normal(mean_a, cov_a, num))
   stats_b = metrics.feature_stats(rng.multivariate_normal(mean_b, cov_b, num))
   expected = _reference_fd(mean_a, cov_a, mean_b, cov_b)
-  np.testing.assert_allclose(metrics.frechet_distance(stats_a, stats_b),
-                             expected, rtol=0.02)
+  np.testing.assert_allclose(
+      metrics.frechet_distance(stats_a, stats_b), expected, rtol=0.02
+  )
 
 
 def test_fd_rank_deficient_features_are_finite_and_accurate():
@@ -89,18 +102,23 @@ def test_fd_rank_deficient_features_are_finite_and_accurate():
   got = metrics.frechet_distance(stats_a, stats_b)
   assert math.isfinite(got) and got > 0
   np.testing.assert_allclose(
-      got, _reference_fd(stats_a.mean, stats_a.cov, stats_b.mean, stats_b.cov),
-      rtol=1e-4)
+      got,
+      _reference_fd(stats_a.mean, stats_a.cov, stats_b.mean, stats_b.cov),
+      rtol=1e-4,
+  )
   assert metrics.frechet_distance(stats_a, stats_a) < 1e-6
 
 
 def test_fd_rejects_bad_stats():
   with pytest.raises(ValueError, match='disagree'):
-    metrics.frechet_distance(_stats(np.zeros(3), np.eye(3)),
-                             _stats(np.zeros(4), np.eye(4)))
+    metrics.frechet_distance(
+        _stats(np.zeros(3), np.eye(3)), _stats(np.zeros(4), np.eye(4))
+    )
   with pytest.raises(ValueError, match='positive semi-definite'):
-    metrics.frechet_distance(_stats(np.zeros(2), np.diag([1.0, -1.0])),
-                             _stats(np.zeros(2), np.eye(2)))
+    metrics.frechet_distance(
+        _stats(np.zeros(2), np.diag([1.0, -1.0])),
+        _stats(np.zeros(2), np.eye(2)),
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -112,10 +130,12 @@ def test_feature_stats_matches_numpy():
   stats = metrics.feature_stats(features)
   assert stats.mean.dtype == stats.cov.dtype == np.float64
   assert stats.count == 50
-  np.testing.assert_allclose(stats.mean, features.astype(np.float64).mean(0),
-                             rtol=1e-12)
-  np.testing.assert_allclose(stats.cov, np.cov(features.astype(np.float64),
-                                               rowvar=False), rtol=1e-12)
+  np.testing.assert_allclose(
+      stats.mean, features.astype(np.float64).mean(0), rtol=1e-12
+  )
+  np.testing.assert_allclose(
+      stats.cov, np.cov(features.astype(np.float64), rowvar=False), rtol=1e-12
+  )
 
 
 @pytest.mark.parametrize('features', [np.zeros((1, 3)), np.zeros(5)])
@@ -134,13 +154,17 @@ def test_batched_features_matches_unbatched(num_images):
     traced_shapes.append(images.shape)  # runs once per compilation
     return jnp.tanh(images.reshape(images.shape[0], -1) @ weights)
 
-  images = np.random.default_rng(5).uniform(
-      -1, 1, (num_images, 4, 4, 3)).astype(np.float32)
+  images = (
+      np.random.default_rng(5)
+      .uniform(-1, 1, (num_images, 4, 4, 3))
+      .astype(np.float32)
+  )
   got = metrics.batched_features(feature_fn, images, batch_size=8)
   assert traced_shapes == [(8, 4, 4, 3)]  # the padded last batch too
   assert isinstance(got, np.ndarray) and got.shape == (num_images, 7)
-  np.testing.assert_allclose(got, np.asarray(feature_fn(images)), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      got, np.asarray(feature_fn(images)), rtol=1e-5, atol=1e-6
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -170,8 +194,9 @@ def test_inception_score_matches_direct_computation():
     kl = np.sum(part * (np.log(part) - np.log(marginal)), axis=1)
     scores.append(np.exp(kl.mean()))
   mean, std = metrics.inception_score(logits, num_splits=5)
-  np.testing.assert_allclose([mean, std], [np.mean(scores), np.std(scores)],
-                             rtol=1e-10)
+  np.testing.assert_allclose(
+      [mean, std], [np.mean(scores), np.std(scores)], rtol=1e-10
+  )
   shifted = metrics.inception_score(logits + 100.0, num_splits=5)
   np.testing.assert_allclose(shifted, (mean, std), rtol=1e-10)
 

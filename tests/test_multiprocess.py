@@ -42,9 +42,18 @@ def _start(workdir, log_path, *, env, extra_flags=()):
   flags += [f'--config.{k}={v}' for k, v in _OVERRIDES.items()]
   with open(log_path, 'w') as log:
     return subprocess.Popen(
-        [sys.executable, '-m', 'diffusion_distillation.main', *flags,
-         *extra_flags], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, JAX_PLATFORMS='cpu', **env))
+        [
+            sys.executable,
+            '-m',
+            'diffusion_distillation.main',
+            *flags,
+            *extra_flags,
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, JAX_PLATFORMS='cpu', **env),
+    )
 
 
 def _start_pair(workdir, log_dir, attempt):
@@ -52,11 +61,19 @@ def _start_pair(workdir, log_dir, attempt):
   port = _free_port()
   env = {'XLA_FLAGS': '', 'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}
   return [
-      _start(workdir, log_dir / f'{attempt}_process_{i}.log', env=env,
-             extra_flags=['--distributed',
-                          f'--coordinator_address=127.0.0.1:{port}',
-                          '--num_processes=2', f'--process_id={i}'])
-      for i in range(2)]
+      _start(
+          workdir,
+          log_dir / f'{attempt}_process_{i}.log',
+          env=env,
+          extra_flags=[
+              '--distributed',
+              f'--coordinator_address=127.0.0.1:{port}',
+              '--num_processes=2',
+              f'--process_id={i}',
+          ],
+      )
+      for i in range(2)
+  ]
 
 
 def _tail(path, chars=3000):
@@ -80,14 +97,15 @@ def _kill(procs):
     proc.wait()
 
 
-def test_two_processes_resume_and_match_one_process_with_two_devices(
-    tmp_path):
+def test_two_processes_resume_and_match_one_process_with_two_devices(tmp_path):
   two, one = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
   # The reference runs alongside: the pair's process 0 mostly waits for
   # process 1 to compile.
   reference = _start(
-      one, tmp_path / 'reference.log',
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+      one,
+      tmp_path / 'reference.log',
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+  )
   procs = []
   try:
     # Kill both processes as soon as the teacher has a checkpoint at step 2
@@ -106,10 +124,12 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(
 
     # The same command again on both processes continues from step 2.
     procs = _start_pair(two, tmp_path, 'resumed')
-    _wait(procs, [tmp_path / f'resumed_process_{i}.log' for i in range(2)],
-          time.time() + HANG_SECS)
-    _wait([reference], [tmp_path / 'reference.log'],
-          time.time() + HANG_SECS)
+    _wait(
+        procs,
+        [tmp_path / f'resumed_process_{i}.log' for i in range(2)],
+        time.time() + HANG_SECS,
+    )
+    _wait([reference], [tmp_path / 'reference.log'], time.time() + HANG_SECS)
   finally:
     _kill(procs + [reference])
 
@@ -120,15 +140,22 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(
   assert 'Round 2/2' not in _tail(tmp_path / 'resumed_process_1.log', 10**6)
 
   config = tiny_config(**_OVERRIDES)
-  assert checkpoints.saved_models(two) == checkpoints.saved_models(one) == [
-      0, 1, 2]
+  assert (
+      checkpoints.saved_models(two)
+      == checkpoints.saved_models(one)
+      == [0, 1, 2]
+  )
   for num_steps in (0, 2, 1):
     # Equal up to float reassociation of the cross-device batch mean.
-    assert_trees_close(saved_params(two, num_steps, config),
-                       saved_params(one, num_steps, config), atol=1e-5)
+    assert_trees_close(
+        saved_params(two, num_steps, config),
+        saved_params(one, num_steps, config),
+        atol=1e-5,
+    )
   for name in ('samples_4_teacher', 'samples_2', 'samples_1', 'grid_1'):
     with np.load(os.path.join(two, 'samples', f'{name}.npz')) as a, np.load(
-        os.path.join(one, 'samples', f'{name}.npz')) as b:
+        os.path.join(one, 'samples', f'{name}.npz')
+    ) as b:
       np.testing.assert_array_equal(a['arr_1'], b['arr_1'])
       diff = np.abs(a['arr_0'].astype(int) - b['arr_0'].astype(int))
       assert diff.max() <= 1, name  # uint8 rounding of equal floats

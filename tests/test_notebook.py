@@ -27,11 +27,18 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setenv('DD_DEMO_WORKDIR', str(tmp_path / 'demo'))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(
-      notebook, timeout=HANG_SECS, kernel_name='python3',
-      resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
+      notebook,
+      timeout=HANG_SECS,
+      kernel_name='python3',
+      resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}},
+  ).execute()
 
-  outputs = [o for cell in notebook.cells if cell.cell_type == 'code'
-             for o in cell.outputs]
+  outputs = [
+      o
+      for cell in notebook.cells
+      if cell.cell_type == 'code'
+      for o in cell.outputs
+  ]
   text = ''.join(o.get('text', '') for o in outputs)
   assert f'Using {REPO}' in text
   # One grid per round: the 4-step teacher, then the 2- and 1-step students.

@@ -38,8 +38,9 @@ def run_logging_compiles(config, workdir, mode):
       timings = pipeline.run_mode(config, workdir, mode)
   finally:
     jax_logger.removeHandler(handler)
-  compiled = [r.getMessage() for r in records
-              if r.getMessage().startswith('Compiling')]
+  compiled = [
+      r.getMessage() for r in records if r.getMessage().startswith('Compiling')
+  ]
   return timings, compiled
 
 
@@ -70,8 +71,12 @@ def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
   config = tiny_config()
   teacher = saved_params(workdir, 0, config)
   student = saved_params(workdir, 1, config)
-  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree_util.tree_leaves(teacher), jax.tree_util.tree_leaves(student))]
+  diffs = [
+      float(np.max(np.abs(a - b)))
+      for a, b in zip(
+          jax.tree_util.tree_leaves(teacher), jax.tree_util.tree_leaves(student)
+      )
+  ]
   assert max(diffs) > 0
 
 
@@ -91,10 +96,14 @@ def test_rerun_of_a_finished_run_does_nothing(trained_workdir):
 
 
 def test_resume_after_sigkill_mid_round_matches_uninterrupted(
-    trained_workdir, tmp_path):
+    trained_workdir, tmp_path
+):
   teacher_workdir, _, _ = trained_workdir
-  overrides = {'distill.steps_per_round': 12, 'checkpoint.every_steps': 2,
-               'distill.teacher_checkpoint': teacher_workdir}
+  overrides = {
+      'distill.steps_per_round': 12,
+      'checkpoint.every_steps': 2,
+      'distill.teacher_checkpoint': teacher_workdir,
+  }
   reference = str(tmp_path / 'reference')
   pipeline.run_mode(tiny_config(**overrides), reference, 'distill')
 
@@ -102,8 +111,11 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   flags = [f'--config={TEST_CONFIG}', f'--workdir={resumed}', '--mode=distill']
   flags += [f'--config.{k}={v}' for k, v in overrides.items()]
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'diffusion_distillation.main'] + flags, cwd=REPO,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   try:
     # Kill as soon as the first checkpoint of the first round is on disk:
     # five more dispatches, each with a save, remain in that round.
@@ -126,10 +138,11 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   for num_steps in (2, 1):
     assert_trees_close(
         saved_params(resumed, num_steps, tiny_config(**overrides)),
-        saved_params(reference, num_steps, tiny_config(**overrides)))
+        saved_params(reference, num_steps, tiny_config(**overrides)),
+    )
 
 
-_DATA_PARALLEL_SCRIPT = r'''
+_DATA_PARALLEL_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from diffusion_distillation import pipeline, sharding, trainer as trainer_lib
@@ -159,13 +172,14 @@ diff = max(float(np.max(np.abs(a - b)))
 moved = max(float(np.max(np.abs(a))) for a in results['one'])
 print(json.dumps({'devices': jax.device_count(), 'max_diff': diff,
                   'max_abs': moved}))
-'''
+"""
 
 
 def test_two_devices_match_one_device_at_the_same_global_batch(tmp_path):
   result = run_python(
       ['-c', _DATA_PARALLEL_SCRIPT, str(tmp_path)],
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['devices'] == 2
@@ -187,27 +201,41 @@ def _snapshot(workdir):
   return out
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'distill.start_num_steps': 12, 'distill.end_num_steps': 1},
-     'is not a power of two'),
-    ({'distill.start_num_steps': 4, 'distill.end_num_steps': 0},
-     'need start > end >= 1'),
-    ({'model.logsnr_schedule.name': 'linear'}, "Unknown logsnr schedule 'linear'"),
-    ({'dataset.name': 'mnist'}, "Unknown dataset.name 'mnist'"),
-    ({'sample.sampler': 'euler'}, "Unknown sample.sampler 'euler'"),
-    ({'model.mean_type': 'z'}, "Unknown mean_type 'z'"),
-    ({'model.mean_loss_weight_type': 'l1'},
-     "Unknown mean_loss_weight_type 'l1'"),
-    ({'train.batch_size': 7, 'train.substeps': 1}, None),
-])
-def test_bad_config_values_are_refused_before_any_write(overrides, message,
-                                                        tmp_path):
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (
+            {'distill.start_num_steps': 12, 'distill.end_num_steps': 1},
+            'is not a power of two',
+        ),
+        (
+            {'distill.start_num_steps': 4, 'distill.end_num_steps': 0},
+            'need start > end >= 1',
+        ),
+        (
+            {'model.logsnr_schedule.name': 'linear'},
+            "Unknown logsnr schedule 'linear'",
+        ),
+        ({'dataset.name': 'mnist'}, "Unknown dataset.name 'mnist'"),
+        ({'sample.sampler': 'euler'}, "Unknown sample.sampler 'euler'"),
+        ({'model.mean_type': 'z'}, "Unknown mean_type 'z'"),
+        (
+            {'model.mean_loss_weight_type': 'l1'},
+            "Unknown mean_loss_weight_type 'l1'",
+        ),
+        ({'train.batch_size': 7, 'train.substeps': 1}, None),
+    ],
+)
+def test_bad_config_values_are_refused_before_any_write(
+    overrides, message, tmp_path
+):
   workdir = str(tmp_path / 'w')
   config = tiny_config(**overrides)
   if message is None:  # batch 7 fits one device but not three
     config_checks.check_config(config, num_devices=1)
-    with pytest.raises(errors.InputError,
-                       match='not divisible by the 3 devices'):
+    with pytest.raises(
+        errors.InputError, match='not divisible by the 3 devices'
+    ):
       config_checks.check_config(config, num_devices=3)
     return
   with pytest.raises(errors.InputError, match=message):
@@ -220,40 +248,55 @@ def test_missing_teacher_is_refused(tmp_path):
     pipeline.run_mode(tiny_config(), str(tmp_path / 'w'), 'distill')
   with pytest.raises(errors.InputError, match='No model checkpoint'):
     pipeline.run_mode(
-        tiny_config(**{'distill.teacher_checkpoint': str(tmp_path / 'nowhere')}),
-        str(tmp_path / 'w2'), 'distill')
+        tiny_config(
+            **{'distill.teacher_checkpoint': str(tmp_path / 'nowhere')}
+        ),
+        str(tmp_path / 'w2'),
+        'distill',
+    )
 
 
-def test_teacher_of_another_shape_names_the_parameter(trained_workdir,
-                                                      tmp_path):
+def test_teacher_of_another_shape_names_the_parameter(
+    trained_workdir, tmp_path
+):
   teacher_workdir, _, _ = trained_workdir
   config = tiny_config(**{'distill.teacher_checkpoint': teacher_workdir})
   config.model.ch = 16
-  with pytest.raises(errors.InputError,
-                     match=r'parameter \S+ has shape \(.*\) there and \(.*\) '
-                     'here'):
+  with pytest.raises(
+      errors.InputError,
+      match=r'parameter \S+ has shape \(.*\) there and \(.*\) ' 'here',
+  ):
     pipeline.run_mode(config, str(tmp_path / 'w'), 'distill')
 
 
 def test_workdir_of_another_config_is_refused_untouched(trained_workdir):
   workdir, _, _ = trained_workdir
   before = _snapshot(workdir)
-  with pytest.raises(errors.InputError,
-                     match='holds a run of a different config: '
-                     'train.learning_rate'):
-    pipeline.run_mode(tiny_config(**{'train.learning_rate': 1.0}), workdir, 'all')
+  with pytest.raises(
+      errors.InputError,
+      match='holds a run of a different config: train.learning_rate',
+  ):
+    pipeline.run_mode(
+        tiny_config(**{'train.learning_rate': 1.0}), workdir, 'all'
+    )
   assert _snapshot(workdir) == before
 
 
 def test_command_line_errors_are_one_line(trained_workdir):
   workdir, _, _ = trained_workdir
   before = _snapshot(workdir)
-  result = run_python(['-m', 'diffusion_distillation.main',
-                       f'--config={TEST_CONFIG}', f'--workdir={workdir}',
-                       '--mode=fly'])
+  result = run_python([
+      '-m',
+      'diffusion_distillation.main',
+      f'--config={TEST_CONFIG}',
+      f'--workdir={workdir}',
+      '--mode=fly',
+  ])
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: Unknown --mode='fly'; choose one of train, distill, sample, eval, all.")
+      "error: Unknown --mode='fly'; choose one of train, distill, sample, eval,"
+      ' all.'
+  )
   assert 'Traceback' not in result.stderr
   assert _snapshot(workdir) == before
 
@@ -267,8 +310,13 @@ def test_eval_mode_writes_every_figure(trained_workdir):
   assert results['real_vs_real_count'] == 20
   assert results['real_vs_real_fd'] > 0
   entries = {row['name']: row for row in results['entries']}
-  assert set(entries) == {'teacher_ddim_1', 'teacher_ddim_4',
-                          'teacher_ancestral_4', 'student_1', 'student_2'}
+  assert set(entries) == {
+      'teacher_ddim_1',
+      'teacher_ddim_4',
+      'teacher_ancestral_4',
+      'student_1',
+      'student_2',
+  }
   for row in entries.values():
     assert row['fd'] > 0 and 0 <= row['class_accuracy'] <= 1
     assert 1 <= row['classifier_score'] <= 10
@@ -278,15 +326,22 @@ def test_eval_mode_writes_every_figure(trained_workdir):
   for name in ('student_1', 'student_2'):
     assert entries[name]['fidelity_to_teacher']['psnr'] > 0
   assert entries['teacher_ddim_4']['fidelity_to_teacher'] is None
-  assert os.path.getsize(os.path.join(workdir, 'eval',
-                                      'fd_vs_steps.png')) > 1000
+  assert (
+      os.path.getsize(os.path.join(workdir, 'eval', 'fd_vs_steps.png')) > 1000
+  )
 
 
-def test_quality_benchmark_smoke_reuses_a_trained_workdir(trained_workdir,
-                                                          tmp_path):
+def test_quality_benchmark_smoke_reuses_a_trained_workdir(
+    trained_workdir, tmp_path
+):
   workdir, _, _ = trained_workdir
-  result = run_python(['-m', 'benchmarks.quality_vs_steps', '--smoke',
-                       f'--workdir={workdir}', f'--out={tmp_path}'])
+  result = run_python([
+      '-m',
+      'benchmarks.quality_vs_steps',
+      '--smoke',
+      f'--workdir={workdir}',
+      f'--out={tmp_path}',
+  ])
   assert result.returncode == 0, result.stderr[-4000:]
   with open(tmp_path / 'quality_vs_steps_smoke.json') as f:
     summary = json.load(f)
