@@ -74,10 +74,30 @@ def check_dataset(dataset: ml_collections.ConfigDict):
     )
 
 
+def _unset_fields(tree, prefix=''):
+  """Dotted names of fields left None: configs/common.py's required ones."""
+  for key, value in tree.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _unset_fields(value, f'{prefix}{key}.')
+    elif value is None:
+      yield f'{prefix}{key}'
+
+
 def check_config(
     config: ml_collections.ConfigDict, num_devices: int = 1
 ) -> ml_collections.ConfigDict:
   """Raises errors.InputError on the first invalid value; returns the config."""
+  # head_dim and num_heads: exactly one is None, which unet checks.
+  unset = [
+      name
+      for name in _unset_fields(config)
+      if name not in ('model.head_dim', 'model.num_heads')
+  ]
+  if unset:
+    raise errors.InputError(
+        f'{unset[0]} is not set: give it a value in the config file or with '
+        f'--config.{unset[0]}=VALUE.'
+    )
   model = config.model
   try:
     schedules.get_logsnr_schedule(**model.logsnr_schedule)

@@ -3,7 +3,11 @@
 import json
 import math
 
+import pytest
+
 from tests.conftest import run_python
+
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores
 
 
 def _positive(value):

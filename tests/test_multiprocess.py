@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from diffusion_distillation import checkpoints
 from tests.conftest import HANG_SECS
@@ -23,6 +24,8 @@ from tests.conftest import TEST_CONFIG
 from tests.conftest import assert_trees_close
 from tests.conftest import saved_params
 from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores
 
 # One optimizer step per dispatch compiles twice as fast. Process 1 of a
 # multi-process run never reads the persistent compilation cache (JAX writes

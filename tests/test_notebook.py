@@ -5,9 +5,12 @@ import os
 
 import nbclient
 import nbformat
+import pytest
 
 from tests.conftest import HANG_SECS
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores
 
 NOTEBOOK = os.path.join(REPO, 'notebooks', 'demo.ipynb')
 

@@ -206,6 +206,7 @@ def test_distill_configs_change_only_what_the_release_changed(name, changed):
   assert all(key.startswith('checkpoint.') for key in differing)
 
 
+@pytest.mark.slow
 def test_sample_labels_from_the_command_line(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path / 'w')
@@ -229,6 +230,7 @@ def test_sample_labels_from_the_command_line(tmp_path):
     assert f['arr_0'].shape == (8, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_cifar10_trains_through_the_pipeline_loop(tmp_path, monkeypatch):
   built = []
   original = input_pipeline.train_dataset

@@ -53,6 +53,7 @@ def trained_workdir(tmp_path_factory):
   return workdir, compiled, timings
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
   workdir, _, timings = trained_workdir
   assert set(timings) == {'train_teacher', 'distill', 'sample'}
@@ -80,6 +81,7 @@ def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
   assert max(diffs) > 0
 
 
+@pytest.mark.slow
 def test_no_recompilation_inside_or_across_rounds(trained_workdir):
   _, compiled, _ = trained_workdir
   count = lambda name: sum(f'Compiling jit({name})' in m for m in compiled)
@@ -87,6 +89,7 @@ def test_no_recompilation_inside_or_across_rounds(trained_workdir):
   assert count('distill_step') == 1, compiled  # two rounds, one compilation
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_does_nothing(trained_workdir):
   workdir, _, _ = trained_workdir
   before = saved_params(workdir, 1, tiny_config())
@@ -95,6 +98,7 @@ def test_rerun_of_a_finished_run_does_nothing(trained_workdir):
   assert_trees_close(saved_params(workdir, 1, tiny_config()), before, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_round_matches_uninterrupted(
     trained_workdir, tmp_path
 ):
@@ -175,6 +179,7 @@ print(json.dumps({'devices': jax.device_count(), 'max_diff': diff,
 """
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device_at_the_same_global_batch(tmp_path):
   result = run_python(
       ['-c', _DATA_PARALLEL_SCRIPT, str(tmp_path)],
@@ -256,6 +261,7 @@ def test_missing_teacher_is_refused(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_teacher_of_another_shape_names_the_parameter(
     trained_workdir, tmp_path
 ):
@@ -269,6 +275,7 @@ def test_teacher_of_another_shape_names_the_parameter(
     pipeline.run_mode(config, str(tmp_path / 'w'), 'distill')
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused_untouched(trained_workdir):
   workdir, _, _ = trained_workdir
   before = _snapshot(workdir)
@@ -282,6 +289,7 @@ def test_workdir_of_another_config_is_refused_untouched(trained_workdir):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(trained_workdir):
   workdir, _, _ = trained_workdir
   before = _snapshot(workdir)
@@ -301,6 +309,7 @@ def test_command_line_errors_are_one_line(trained_workdir):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_eval_mode_writes_every_figure(trained_workdir):
   workdir, _, _ = trained_workdir
   pipeline.run_mode(tiny_config(), workdir, 'eval')
@@ -331,6 +340,7 @@ def test_eval_mode_writes_every_figure(trained_workdir):
   )
 
 
+@pytest.mark.slow
 def test_quality_benchmark_smoke_reuses_a_trained_workdir(
     trained_workdir, tmp_path
 ):

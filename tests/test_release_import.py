@@ -71,6 +71,7 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_imported_teacher_samples_and_is_distilled(tmp_path):
   # One distillation round (4 -> 2 steps) is enough to show it is taken.
   config = tiny_config(**{'distill.end_num_steps': 2})
@@ -99,6 +100,7 @@ def test_imported_teacher_samples_and_is_distilled(tmp_path):
   assert checkpoints.saved_models(workdir) == [0, 2]
 
 
+@pytest.mark.slow
 def test_command_line_imports_a_student_and_never_overwrites(tmp_path):
   config = tiny_config()
   ema, target = _random_params(config, 1), _random_params(config, 2)
