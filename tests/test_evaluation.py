@@ -114,7 +114,8 @@ def test_written_results_table_and_plot(tmp_path):
     written = json.load(f)
   # An identical student gives PSNR +inf, which strict JSON cannot hold.
   assert written['entries'][3]['fidelity_to_teacher']['psnr'] == 'inf'
-  table = open(paths['results.md']).read().splitlines()
+  with open(paths['results.md']) as f:
+    table = f.read().splitlines()
   assert table[2] == '| 1 | 4.000 | 9.000 |  | 0.500 | 0.500 | inf |'
   assert table[3].startswith('| 4 |  | 3.000 | 5.000 |')
   assert os.path.getsize(paths['fd_vs_steps.png']) > 1000

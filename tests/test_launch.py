@@ -85,7 +85,8 @@ def test_help(script):
     result = _bash(script, flag)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('Usage: launch/')
-    assert 'set -euo pipefail' in open(script).read()
+  with open(script) as f:
+    assert 'set -euo pipefail' in f.read()
 
 
 @pytest.mark.parametrize(
