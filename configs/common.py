@@ -40,6 +40,12 @@ def get_config():
       logsnr_input_type='inv_cos',  # 'inv_cos' | 'linear' | 'sigmoid'
       resblock_resample=True,
       num_groups=32,  # GroupNorm groups
+      # 'float32' | 'bfloat16': the dtype of convolutions, dense layers and
+      # attention matmuls. Parameters, optimizer state, EMA, GroupNorm
+      # statistics, softmax, the diffusion math and the loss stay float32.
+      # 'bfloat16' is the way to run fast on TPU and GPU; the paper configs
+      # keep the release's float32.
+      dtype='float32',
       # Diffusion.
       mean_type=_required(str),  # 'eps' | 'x' | 'v' | 'both'
       # 'constant' | 'snr' | 'snr_trunc' | 'v_mse'

@@ -17,6 +17,8 @@ from diffusion_distillation import schedules
 from diffusion_distillation import train_state
 from diffusion_distillation import unet
 
+COMPUTE_DTYPES = ('float32', 'bfloat16')  # model.dtype
+
 
 def check_round_range(start_num_steps: int, end_num_steps: int):
   """start/end must be >= 1 with a power-of-two ratio (rounds halve)."""
@@ -109,6 +111,10 @@ def check_config(
     unet.check_logsnr_input_type(model.logsnr_input_type)
   except ValueError as e:
     raise errors.InputError(str(e)) from None
+  if model.dtype not in COMPUTE_DTYPES:
+    raise errors.InputError(
+        f'Unknown model.dtype {model.dtype!r}; choose one of {COMPUTE_DTYPES}.'
+    )
   check_dataset(config.dataset)
   if config.sample.sampler not in sampling.METHODS:
     raise errors.InputError(

@@ -36,6 +36,7 @@ def build_network(
       logsnr_input_type=model.logsnr_input_type,
       resblock_resample=model.resblock_resample,
       num_groups=model.num_groups,
+      dtype=jnp.dtype(model.dtype),
   )
 
 

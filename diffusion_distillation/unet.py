@@ -7,6 +7,7 @@ so that their `ema_params` map onto this module by name.
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -72,6 +73,7 @@ class ResnetBlock(nn.Module):
   out_ch: int | None = None
   resample: str | None = None  # None | 'up' | 'down'
   num_groups: int = 32
+  dtype: Any = jnp.float32  # of convolutions and dense layers
 
   @nn.compact
   def __call__(self, x, emb, *, train: bool):
@@ -81,19 +83,25 @@ class ResnetBlock(nn.Module):
     if self.resample is not None:
       resample = {'up': upsample_nearest, 'down': downsample_avg}[self.resample]
       h, x = resample(h), resample(x)
-    h = nn.Conv(out_ch, (3, 3), name='conv1')(h)
+    h = nn.Conv(out_ch, (3, 3), dtype=self.dtype, name='conv1')(h)
     scale, shift = jnp.split(
-        nn.Dense(2 * out_ch, name='temb_proj')(nn.swish(emb))[:, None, None],
+        nn.Dense(2 * out_ch, dtype=self.dtype, name='temb_proj')(nn.swish(emb))[
+            :, None, None
+        ],
         2,
         axis=-1,
     )
     h = nn.GroupNorm(self.num_groups, name='norm2')(h) * (1.0 + scale) + shift
     h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
     h = nn.Conv(
-        out_ch, (3, 3), kernel_init=nn.initializers.zeros, name='conv2'
+        out_ch,
+        (3, 3),
+        kernel_init=nn.initializers.zeros,
+        dtype=self.dtype,
+        name='conv2',
     )(h)
     if in_ch != out_ch:
-      x = nn.Dense(out_ch, name='nin_shortcut')(x)
+      x = nn.Dense(out_ch, dtype=self.dtype, name='nin_shortcut')(x)
     return x + h
 
 
@@ -103,6 +111,7 @@ class AttnBlock(nn.Module):
   num_heads: int | None = None
   head_dim: int | None = None
   num_groups: int = 32
+  dtype: Any = jnp.float32  # of the projections and the two matmuls
 
   @nn.compact
   def __call__(self, x):
@@ -113,14 +122,18 @@ class AttnBlock(nn.Module):
     h = nn.GroupNorm(self.num_groups, name='norm')(x)
     h = h.reshape(batch, height * width, channels)
     qkv = [
-        nn.DenseGeneral((num_heads, head_dim), name=name)(h)
+        nn.DenseGeneral((num_heads, head_dim), dtype=self.dtype, name=name)(h)
         for name in ('q', 'k', 'v')
     ]
-    h = nn.dot_product_attention(*qkv)
+    # The softmax in float32 whatever the matmuls' dtype (a no-op in float32).
+    h = nn.dot_product_attention(
+        *qkv, force_fp32_for_softmax=self.dtype != jnp.float32
+    )
     h = nn.DenseGeneral(
         channels,
         axis=(-2, -1),
         kernel_init=nn.initializers.zeros,
+        dtype=self.dtype,
         name='proj_out',
     )(h)
     return x + h.reshape(x.shape)
@@ -152,6 +165,12 @@ class UNet(nn.Module):
   Attributes mirror the release's `model.args`. `num_classes=1` means
   unconditional (y is ignored); `resblock_resample` chooses resampling
   ResBlocks (every released config) over strided/nearest convolutions.
+
+  `dtype` is the computation dtype of convolutions, dense layers and the
+  attention matmuls; parameters stay float32 (`param_dtype`), GroupNorm
+  statistics, the softmax and the time embedding are computed in float32,
+  and the output is float32, so the diffusion math and the loss never see
+  bfloat16. The parameter tree is the same for every dtype.
   """
 
   ch: int
@@ -168,6 +187,7 @@ class UNet(nn.Module):
   logsnr_scale_range: Sequence[float] = (-10.0, 10.0)
   resblock_resample: bool = True
   num_groups: int = 32  # GroupNorm groups; the release always uses 32
+  dtype: Any = jnp.float32  # jnp.bfloat16 for mixed precision
 
   @nn.compact
   def __call__(self, x, logsnr, y=None, *, train: bool = False):
@@ -186,26 +206,34 @@ class UNet(nn.Module):
         logsnr_scale_range=tuple(self.logsnr_scale_range),
     )
     emb = sinusoidal_embedding(t, self.ch)
-    emb = nn.Dense(self.emb_ch, name='dense0')(emb)
-    emb = nn.Dense(self.emb_ch, name='dense1')(nn.swish(emb))
+    emb = nn.Dense(self.emb_ch, dtype=self.dtype, name='dense0')(emb)
+    emb = nn.Dense(self.emb_ch, dtype=self.dtype, name='dense1')(nn.swish(emb))
     if self.num_classes > 1:
       if y is None:
         raise ValueError(
             'This network is class-conditional '
             f'(num_classes={self.num_classes}): pass labels y.'
         )
-      emb += nn.Dense(self.emb_ch, name='class_emb')(
+      emb += nn.Dense(self.emb_ch, dtype=self.dtype, name='class_emb')(
           jax.nn.one_hot(y, self.num_classes, dtype=emb.dtype)
       )
 
     block = lambda name, **kw: ResnetBlock(
-        dropout=self.dropout, num_groups=self.num_groups, name=name, **kw
+        dropout=self.dropout,
+        num_groups=self.num_groups,
+        dtype=self.dtype,
+        name=name,
+        **kw,
     )
     attn = lambda name: AttnBlock(
-        self.num_heads, self.head_dim, self.num_groups, name=name
+        self.num_heads,
+        self.head_dim,
+        self.num_groups,
+        dtype=self.dtype,
+        name=name,
     )
 
-    skips = [nn.Conv(self.ch, (3, 3), name='conv_in')(x)]
+    skips = [nn.Conv(self.ch, (3, 3), dtype=self.dtype, name='conv_in')(x)]
     for level in range(num_levels):
       for j in range(self.num_res_blocks):
         h = block(
@@ -236,9 +264,14 @@ class UNet(nn.Module):
         h = self._resample(h, emb, 'up', f'up_{level}.upsample', train)
 
     h = nn.swish(nn.GroupNorm(self.num_groups, name='norm_out')(h))
-    return nn.Conv(
-        self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, name='conv_out'
+    out = nn.Conv(
+        self.out_ch,
+        (3, 3),
+        kernel_init=nn.initializers.zeros,
+        dtype=self.dtype,
+        name='conv_out',
     )(h)
+    return out.astype(jnp.float32)
 
   def _resample(self, x, emb, direction, name, train):
     if self.resblock_resample:
@@ -246,9 +279,14 @@ class UNet(nn.Module):
           dropout=self.dropout,
           resample=direction,
           num_groups=self.num_groups,
+          dtype=self.dtype,
           name=name,
       )(x, emb, train=train)
     channels = x.shape[-1]
     if direction == 'down':
-      return nn.Conv(channels, (3, 3), strides=(2, 2), name=name)(x)
-    return nn.Conv(channels, (3, 3), name=name)(upsample_nearest(x))
+      return nn.Conv(
+          channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=name
+      )(x)
+    return nn.Conv(channels, (3, 3), dtype=self.dtype, name=name)(
+        upsample_nearest(x)
+    )

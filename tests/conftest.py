@@ -28,6 +28,17 @@ HANG_SECS = 45 * 60
 TEST_CONFIG = os.path.join(REPO, 'configs', 'test.py')
 
 
+def float64():
+  """A context in which JAX computes in float64: jax.enable_x64(True), or
+  jax.experimental.enable_x64() on jax < 0.7 (Python 3.10's newest jax is
+  0.6.2)."""
+  if hasattr(jax, 'enable_x64'):
+    return jax.enable_x64(True)
+  from jax import experimental
+
+  return experimental.enable_x64()
+
+
 def tiny_config(**overrides):
   """configs/test.py with dotted overrides: tiny_config(**{'model.ch': 16})."""
   config = test_config.get_config()

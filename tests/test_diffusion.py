@@ -11,6 +11,7 @@ import pytest
 from diffusion_distillation import diffusion
 from diffusion_distillation import schedules
 from diffusion_distillation import unet
+from tests.conftest import float64
 from tests.conftest import randomize_params
 
 INF = float('inf')
@@ -33,7 +34,7 @@ def _random_xz(rng, logsnr, shape=(41, 4, 4, 2)):
 
 
 def test_x_eps_v_round_trips_in_float64():
-  with jax.enable_x64(True):
+  with float64():
     logsnr = jnp.asarray(LOGSNRS, jnp.float64)
     x, eps, z = _random_xz(jax.random.key(0), logsnr)
     x, eps, z = (a.astype(jnp.float64) for a in (x, eps, z))
@@ -224,7 +225,7 @@ def test_one_student_step_lands_on_two_teacher_steps(
 ):
   # In float64: 'eps' at lambda = -20 divides by alpha = 5e-5, which costs
   # float32 three digits and would hide a real error behind a loose tolerance.
-  with jax.enable_x64(True):
+  with float64():
     num_student_steps = 4
     if teacher_kind == 'analytic':
       model_fn = _analytic_teacher(mean_type)
@@ -399,7 +400,7 @@ def _gaussian_sampler_moments(num_steps, logsnr_min=-20.0, mean=0.3, std=0.5):
   denoise = lambda z, logsnr: diffusion.prediction_from_x(
       z=z, x=x_fn(z, logsnr), logsnr=logsnr
   )
-  with jax.enable_x64(True):
+  with float64():
     out = diffusion.ddim_sample(
         denoise,
         z_init=jnp.asarray([0.0, 1.0], jnp.float64),
@@ -440,7 +441,7 @@ def test_ancestral_oracle_reproduces_gaussian_data():
 
 
 def test_ancestral_step_with_perfect_x_and_no_noise_is_posterior_mean():
-  with jax.enable_x64(True):
+  with float64():
     logsnr_t = jnp.asarray([-20.0, -3.0, 0.0, 4.0], jnp.float64)
     logsnr_s = jnp.asarray([-15.0, 1.0, 0.5, 12.0], jnp.float64)
     x = jnp.asarray([0.3, -0.7, 1.0, 0.2], jnp.float64)
