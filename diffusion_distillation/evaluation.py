@@ -93,7 +93,7 @@ def _fidelity(x, reference_x) -> dict:
   return {'mse': mse, 'psnr': psnr}
 
 
-def _models_to_evaluate(config, workdir) -> list:
+def check_can_evaluate(config, workdir) -> list:
   """The workdir's saved models; InputError when eval cannot run."""
   if 'eval' not in config:
     raise errors.InputError(
@@ -120,7 +120,7 @@ def evaluate(run) -> dict:
   """Scores every model of `run.workdir`; writes and returns the results."""
   config, workdir, settings = run.config, run.workdir, run.config.eval
   start = time.time()
-  models = _models_to_evaluate(config, workdir)
+  models = check_can_evaluate(config, workdir)
   reference = reference_network.ReferenceNetwork()
   test, train = data.load_digits('test'), data.load_digits('train')
 

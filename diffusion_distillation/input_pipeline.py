@@ -128,6 +128,26 @@ def _not_prepared_message(dataset: ml_collections.ConfigDict, builder) -> str:
   return f'{where}. Prepare it with: tfds build {dataset.name}{data_dir}'
 
 
+def _train_split(dataset: ml_collections.ConfigDict, builder, **as_dataset):
+  """builder.as_dataset(split, ...), or InputError with the command that
+  prepares the data when it is not prepared under dataset.data_dir."""
+  try:
+    return builder.as_dataset(
+        decoders={'image': tfds.decode.SkipDecoding()}, **as_dataset
+    )
+  except AssertionError:  # what tfds raises when the files are missing
+    if builder.is_prepared():
+      raise
+    raise errors.InputError(_not_prepared_message(dataset, builder)) from None
+
+
+def check_prepared(dataset: ml_collections.ConfigDict):
+  """Raises InputError, naming the `tfds build` command, when the train
+  split cannot be read (it reads no example)."""
+  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
+  _train_split(dataset, builder, split='train')
+
+
 def stream_seeds(seed: int, step: int, process_index: int) -> tuple:
   """(file order seed, shuffle-and-flip seed) of a stream starting at `step`."""
   file_seed, shuffle_seed = np.random.SeedSequence(
@@ -162,24 +182,20 @@ def train_dataset(
     [0, 255], 'label': int32 [substeps, B_local]}.
 
   Raises:
-    ConfigError when the dataset is not prepared under dataset.data_dir.
+    InputError when the dataset is not prepared under dataset.data_dir.
   """
   builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
   file_seed, shuffle_seed = stream_seeds(seed, step, process_index)
   split = tfds.split_for_jax_process(
       'train', process_index=process_index, process_count=process_count
   )
-  try:
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=True,
-        read_config=tfds.ReadConfig(shuffle_seed=file_seed),
-        decoders={'image': tfds.decode.SkipDecoding()},
-    )
-  except AssertionError:  # what tfds raises when the files are missing
-    if builder.is_prepared():
-      raise
-    raise errors.InputError(_not_prepared_message(dataset, builder)) from None
+  ds = _train_split(
+      dataset,
+      builder,
+      split=split,
+      shuffle_files=True,
+      read_config=tfds.ReadConfig(shuffle_seed=file_seed),
+  )
   options = tf.data.Options()
   options.deterministic = True  # a seed fixes the order, parallel map or not
   ds = ds.with_options(options)
