@@ -35,14 +35,20 @@ _STORAGE_ERRORS = {
 
 
 class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO chatter of orbax, TensorFlow and JAX; warnings still show."""
+  """Drops INFO chatter of orbax, TensorFlow and JAX, and the tracebacks
+  orbax's writer threads log for a full or read-only disk (the command
+  reports that in one line); other warnings and errors still show."""
 
   def filter(self, record):
     noisy = any(
         f'/{name}/' in record.pathname
         for name in ('orbax', 'tensorflow', 'tensorflow_datasets', 'jax')
     )
-    return record.levelno >= logging_lib.WARNING or not noisy
+    if not noisy:
+      return True
+    if record.exc_info and storage_problem(record.exc_info[1]):
+      return False
+    return record.levelno >= logging_lib.WARNING
 
 
 @contextlib.contextmanager
@@ -65,13 +71,29 @@ def _stderr_held_back():
       os.close(saved)
 
 
+def _is_closed_loop_echo(error) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == (
+      'Event loop is closed'
+  )
+
+
+def _quiet_excepthook(kind, error, trace):
+  # When a checkpoint write or read fails, orbax's asyncio loop closes while
+  # TensorStore callbacks still post to it; each one prints this traceback
+  # through sys.excepthook (dozens of them). The failure itself is reported.
+  if not _is_closed_loop_echo(error):
+    sys.__excepthook__(kind, error, trace)
+
+
 def quiet_start():
   """Imports TensorFlow without the INFO lines its C++ core prints at load
   time (oneDNN, CPU instructions), which no environment variable silences
-  in TF 2.21; and hides the INFO logs of orbax, TensorFlow and JAX."""
+  in TF 2.21; hides the INFO logs of orbax, TensorFlow and JAX, and the
+  echoes of a failed checkpoint write."""
   with _stderr_held_back():
     import tensorflow  # noqa: F401
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.excepthook = _quiet_excepthook
 
 
 def exit_on_bad_input(error: errors.InputError):

@@ -337,3 +337,12 @@ def test_run_stopped_exits_with_status_3(capsys):
     raise errors.RunStopped('train diverged: ...')
   assert exit_info.value.code == 3
   assert capsys.readouterr().err == 'error: train diverged: ...\n'
+
+
+def test_closed_event_loop_echoes_are_dropped_and_other_errors_kept(capsys):
+  def hook_output(error):
+    cli._quiet_excepthook(type(error), error, None)
+    return capsys.readouterr().err
+
+  assert hook_output(RuntimeError('Event loop is closed')) == ''
+  assert 'a real failure' in hook_output(RuntimeError('a real failure'))
