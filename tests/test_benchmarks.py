@@ -131,3 +131,29 @@ def test_chaos_with_three_kills_resumes_to_the_uninterrupted_result(tmp_path):
   assert report['resumes'] >= 3 and report['failed_resumes'] == []
   assert report['arrays_missing'] == [] and report['arrays_compared'] > 0
   assert report['max_difference'] == 0.0
+
+
+def test_device_check_smoke_reports_speed_memory_and_correctness(tmp_path):
+  out = tmp_path / 'device_check.json'
+  result = run_python(
+      ['-m', 'benchmarks.device_check', '--smoke', f'--out={out}']
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report['smoke'] is True and report['devices'] >= 1
+  assert set(report['dtypes']) == {'float32', 'bfloat16'}
+  for dtype in report['dtypes'].values():
+    assert _positive(dtype['matmul_flops_per_sec_per_device'])
+    for phase in ('train_step', 'distill_step'):
+      step = dtype[phase]
+      for key in ('images_per_sec', 'flops', 'compile_seconds', 'mfu'):
+        assert _positive(step[key]), (phase, key)
+      assert _close(
+          step['images_per_sec'],
+          step['images_per_call'] / step['seconds_median'],
+      )
+    assert set(dtype['sampling']) == {'1', '4', '8'}
+  differences = report['correctness']['relative_difference']
+  # On the CPU itself float32 is the reference: the same program, bit for bit.
+  assert differences['float32'] == {'loss': 0.0, 'grad_norm': 0.0}
+  assert 0 < differences['bfloat16']['grad_norm'] < 0.05
