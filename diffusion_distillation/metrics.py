@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from scipy import linalg
 from scipy import special
 
 
@@ -42,10 +41,9 @@ def feature_stats(features) -> FeatureStats:
   )
 
 
-def _is_near_singular(cov):
-  # Singular to working precision, as in np.linalg.matrix_rank: then rounding
-  # gives C_a C_b eigenvalues slightly below zero and sqrtm complex output.
-  eigenvalues = np.linalg.eigvalsh(cov)
+def _is_near_singular(eigenvalues):
+  # Singular to working precision (eigenvalues ascending), as in
+  # np.linalg.matrix_rank: then round-off decides the square roots.
   tolerance = eigenvalues[-1] * len(eigenvalues) * np.finfo(np.float64).eps
   return eigenvalues[0] <= tolerance
 
@@ -55,11 +53,17 @@ def frechet_distance(
     stats_b: FeatureStats,
     *,
     eps: float = 1e-6,
-    max_imag_fraction: float = 1e-3,
+    max_negative_fraction: float = 1e-3,
 ) -> float:
   """Fréchet distance between Gaussians N(mu_a, C_a) and N(mu_b, C_b).
 
   ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
+
+  Tr (C_a C_b)^(1/2) is the sum of the square roots of the eigenvalues of
+  C_a C_b, which are those of the symmetric C_a^(1/2) C_b C_a^(1/2): two
+  symmetric eigendecompositions, the same value as scipy.linalg.sqrtm's
+  (the ADM evaluator's) to round-off, and faster at 2048 dimensions, where
+  sqrtm took about a minute on 2 CPU cores.
 
   If either covariance is singular to working precision (always so when
   there are no more feature vectors than dimensions), eps * I is added to
@@ -70,16 +74,15 @@ def frechet_distance(
     stats_a: mean [D], cov [D, D].
     stats_b: mean [D], cov [D, D].
     eps: regulariser for near-singular covariances.
-    max_imag_fraction: largest imaginary part of (C_a C_b)^(1/2), relative to
-      its largest real entry, dropped as round-off.
+    max_negative_fraction: largest negative eigenvalue, relative to the
+      largest one, dropped as round-off.
 
   Returns:
     The distance, a float >= 0 (tiny negative round-off is clipped to 0).
 
   Raises:
-    ValueError: if the shapes disagree, or if the square root has a
-      non-negligible imaginary part (a covariance is not positive
-      semi-definite).
+    ValueError: if the shapes disagree, or if a covariance has a
+      non-negligible negative eigenvalue (is not positive semi-definite).
   """
   mean_a, mean_b = (np.asarray(s.mean, np.float64) for s in (stats_a, stats_b))
   cov_a, cov_b = (np.asarray(s.cov, np.float64) for s in (stats_a, stats_b))
@@ -94,25 +97,33 @@ def frechet_distance(
         f'Stats disagree: means {mean_a.shape} and {mean_b.shape}, covariances '
         f'{cov_a.shape} and {cov_b.shape}; expected [D] and [D, D].'
     )
-  if _is_near_singular(cov_a) or _is_near_singular(cov_b):
-    cov_a = cov_a + eps * np.eye(dim)
-    cov_b = cov_b + eps * np.eye(dim)
-  sqrt_product = linalg.sqrtm(cov_a @ cov_b)
-  if np.iscomplexobj(sqrt_product):
-    imag = np.abs(sqrt_product.imag).max()
-    scale = np.abs(sqrt_product.real).max()
-    if imag > max_imag_fraction * scale:
+  values_a, vectors_a = np.linalg.eigh(cov_a)
+  values_b = np.linalg.eigvalsh(cov_b)
+  if _is_near_singular(values_a) or _is_near_singular(values_b):
+    # C + eps I: the same eigenvectors, eigenvalues moved by eps.
+    cov_a, values_a = cov_a + eps * np.eye(dim), values_a + eps
+    cov_b, values_b = cov_b + eps * np.eye(dim), values_b + eps
+
+  def nonnegative(eigenvalues, what):
+    if eigenvalues[0] < -max_negative_fraction * max(eigenvalues[-1], 0.0):
       raise ValueError(
-          f'(C_a C_b)^(1/2) has imaginary part {imag:.3g} against real part '
-          f'{scale:.3g}: a covariance is not positive semi-definite.'
+          f'{what} has eigenvalue {eigenvalues[0]:.3g} against '
+          f'{eigenvalues[-1]:.3g}: a covariance is not positive '
+          'semi-definite.'
       )
-    sqrt_product = sqrt_product.real
+    return np.clip(eigenvalues, 0.0, None)
+
+  nonnegative(values_b, 'C_b')
+  sqrt_a = (vectors_a * np.sqrt(nonnegative(values_a, 'C_a'))) @ vectors_a.T
+  inner = sqrt_a @ cov_b @ sqrt_a
+  inner_values = np.linalg.eigvalsh((inner + inner.T) / 2)
+  trace_sqrt = np.sum(np.sqrt(nonnegative(inner_values, 'C_a C_b')))
   mean_diff = mean_a - mean_b
   distance = (
       mean_diff @ mean_diff
       + np.trace(cov_a)
       + np.trace(cov_b)
-      - 2.0 * np.trace(sqrt_product)
+      - 2.0 * trace_sqrt
   )
   return max(float(distance), 0.0)
 
