@@ -360,7 +360,7 @@ def load_params(path: str) -> dict:
   source = files.as_path(path)
   if not source.exists():
     raise errors.InputError(
-        f'eval.inception_weights={path} does not exist; {WEIGHTS_HELP}.'
+        f'Inception weights {path} do not exist; {WEIGHTS_HELP}.'
     )
   raw = source.read_bytes()
   try:

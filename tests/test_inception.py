@@ -130,7 +130,7 @@ def test_incomplete_weights_are_refused_by_name(
 
 
 def test_missing_or_unreadable_weights_are_refused(tmp_path):
-  with pytest.raises(errors.InputError, match='does not exist; convert'):
+  with pytest.raises(errors.InputError, match='do not exist; convert'):
     inception.load_params(str(tmp_path / 'nothing.npz'))
   (tmp_path / 'junk').write_bytes(b'not weights')
   with pytest.raises(errors.InputError, match='Cannot read Inception weights'):
