@@ -63,9 +63,12 @@ def test_features_shapes_and_determinism(params, network):
   assert pool.dtype == logits.dtype == np.float32
   assert np.all(np.isfinite(pool)) and np.all(pool >= 0)  # after ReLUs
   assert np.std(pool) > 0 and np.std(logits) > 0
-  again = inception.FeatureNetwork(params, input_size=75)(images, batch_size=4)
+  fresh = inception.FeatureNetwork(params, input_size=75)
+  again = fresh(images, batch_size=4)
   np.testing.assert_array_equal(pool, again[0])
   np.testing.assert_array_equal(logits, again[1])
+  fresh(images[:5], batch_size=4)
+  assert fresh._apply._cache_size() == 1  # padded last batches: one compile
 
 
 def test_features_do_not_depend_on_the_batch_size(network):
