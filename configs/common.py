@@ -72,7 +72,11 @@ def get_config():
       # which keep a share ema_decay^n after n steps) | 'warmup' |
       # 'debias' (both start from the first update; see train_state.py).
       ema_schedule='constant',
+      # Keep the old parameters when an update is NaN/inf (each skip is
+      # logged); stop when more than max_skipped_fraction of the last 100
+      # updates were skipped.
       skip_nonfinite_updates=False,
+      max_skipped_fraction=0.1,
   )
 
   config.distill = dict(
@@ -86,6 +90,8 @@ def get_config():
       weight_decay=0.0,
       ema_decay=0.0,  # the student is its own EMA
       ema_schedule='constant',  # unused without an EMA
+      skip_nonfinite_updates=False,
+      max_skipped_fraction=0.1,
       dropout=0.0,
       # Where the first teacher comes from: '' uses this workdir's teacher;
       # else a path to a workdir or to a model checkpoint directory.

@@ -11,20 +11,43 @@ Workdir layout:
   samples/              samples_<N>.npz and grid_<N>.png
 """
 
+import datetime
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from diffusion_distillation import errors
 from diffusion_distillation import files
 
 # Config parts that may change between a run and its resumption: they do
-# not change what is trained.
-_RESUMABLE_CHANGES = ('checkpoint', 'sample', 'eval', 'log_every_steps')
+# not change what is trained, or say where things are.
+_RESUMABLE_CHANGES = (
+    'checkpoint',
+    'sample',
+    'eval',
+    'log_every_steps',
+    'dataset.data_dir',
+    'dataset.manual_dir',
+)
+# What may change to rescue a run that diverged: it changes the training
+# from the step it resumes at, so the change is recorded in the workdir
+# (config_changes.json).
+RECOVERY_CHANGES = tuple(
+    f'{section}.{field}'
+    for section in ('train', 'distill')
+    for field in (
+        'learning_rate',
+        'skip_nonfinite_updates',
+        'max_skipped_fraction',
+    )
+)
 
 
 def _flatten(tree, prefix=''):
@@ -36,37 +59,62 @@ def _flatten(tree, prefix=''):
   return {prefix[:-1]: tree}
 
 
-def check_run_config(workdir: str, config: ml_collections.ConfigDict):
+def _matches(key: str, names: tuple) -> bool:
+  return any(key == name or key.startswith(name + '.') for name in names)
+
+
+def check_run_config(workdir: str, config: ml_collections.ConfigDict) -> dict:
   """Refuses a workdir that holds a run of another config.
 
+  Returns:
+    {field: (recorded, new)} of the RECOVERY_CHANGES that differ.
+
   Raises:
-    InputError naming the first differing field.
+    InputError naming the first differing field that may not change.
   """
   path = files.as_path(workdir) / 'config.json'
   if not path.exists():
-    return
+    return {}
   recorded = json.loads(path.read_text())
   old = _flatten(recorded)
   new = _flatten(json.loads(config.to_json_best_effort()))
+  recovery = {}
   for key in sorted(set(old) | set(new)):
-    if key.split('.')[0] in _RESUMABLE_CHANGES:
+    before, after = old.get(key, '<absent>'), new.get(key, '<absent>')
+    if before == after or _matches(key, _RESUMABLE_CHANGES):
       continue
-    if old.get(key, '<absent>') != new.get(key, '<absent>'):
-      raise errors.InputError(
-          f'{workdir} holds a run of a different config: {key} is '
-          f'{old.get(key, "<absent>")!r} there and '
-          f'{new.get(key, "<absent>")!r} here; use a new --workdir or the '
-          'same config.'
-      )
+    if key in RECOVERY_CHANGES:
+      recovery[key] = (before, after)
+      continue
+    raise errors.InputError(
+        f'{workdir} holds a run of a different config: {key} is '
+        f'{before!r} there and {after!r} here; use a new --workdir or the '
+        'same config.'
+    )
+  return recovery
 
 
-def record_run_config(workdir: str, config: ml_collections.ConfigDict):
-  """Writes config.json into a new workdir (process 0; a no-op when it
-  exists: check_run_config has compared it)."""
-  path = files.as_path(workdir) / 'config.json'
-  if jax.process_index() != 0 or path.exists():
+def record_run_config(
+    workdir: str, config: ml_collections.ConfigDict, changes: dict = None
+):
+  """Writes config.json into a new workdir; with `changes` (recovery fields
+  check_run_config accepted), rewrites it and appends the change to
+  config_changes.json. Process 0 only."""
+  directory = files.as_path(workdir)
+  path = directory / 'config.json'
+  if jax.process_index() != 0 or (path.exists() and not changes):
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
+  directory.mkdir(parents=True, exist_ok=True)
+  if changes:
+    log = directory / 'config_changes.json'
+    history = json.loads(log.read_text()) if log.exists() else []
+    history.append({
+        'date': (
+            datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+        ),
+        'changed': {k: {'from': a, 'to': b} for k, (a, b) in changes.items()},
+    })
+    files.write_atomically(log, json.dumps(history, indent=2))
   files.write_atomically(
       path,
       json.dumps(
@@ -84,7 +132,11 @@ def manager(directory: str, *, max_to_keep: int | None):
           'meta': ocp.JsonCheckpointHandler(),
       },
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+          max_to_keep=max_to_keep,
+          create=True,
+          enable_async_checkpointing=False,
+          # Half-written checkpoints of a killed run; never a finished one.
+          cleanup_tmp_directories=True,
       ),
   )
 
@@ -111,6 +163,52 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_tree: Any):
       ),
   )
   return restored['state'], restored['meta']
+
+
+def restore_latest(
+    mngr: ocp.CheckpointManager, abstract_tree: Any, *, after_step: int = -1
+):
+  """(step, tree, meta) of the newest checkpoint after `after_step` that
+  restores, or None.
+
+  A checkpoint that fails to restore (truncated or missing files, an empty
+  step folder) is moved aside to <directory>.corrupt/<step>-<time>, never
+  deleted, with one warning line; the next older one is tried.
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    if step <= after_step:
+      break
+    try:
+      tree, meta = restore(mngr, step, abstract_tree)
+    except Exception as e:  # noqa: BLE001 - any failure: fall back a step
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      moved = _move_aside(mngr.directory, step)
+      logging.warning(
+          'Checkpoint %s/%d does not restore (%s: %s); moved it to %s and '
+          'resuming from the one before.',
+          mngr.directory,
+          step,
+          type(e).__name__,
+          reason[:200],
+          moved,
+      )
+      if jax.process_count() > 1:  # every process sees the step gone
+        multihost_utils.sync_global_devices(f'moved aside {step}')
+      mngr.reload()
+      continue
+    return step, tree, meta
+  return None
+
+
+def _move_aside(directory, step: int):
+  if jax.process_index() != 0:
+    return '(moved by process 0)'
+  directory = files.as_path(directory)
+  aside = directory.parent / f'{directory.name}.corrupt'
+  aside.mkdir(parents=True, exist_ok=True)
+  target = aside / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+  (directory / str(step)).rename(target)
+  return target
 
 
 def models_dir(workdir: str) -> str:

@@ -2,32 +2,53 @@
 
 Exit statuses of `main` and `release_import`:
   0  done;
-  2  bad input (a config value, flag, path or file): one line, `error: ...`,
-     saying what to change; nothing was written.
+  2  bad input (a flag, a config file or value, a path, a file, a workdir in
+     use or holding another run): one line, `error: ...`, saying what to
+     change; nothing was written;
+  3  the run stopped part-way (it diverged, the disk is full or read-only):
+     one line saying how to resume; what was saved before is intact.
 """
 
 import contextlib
+import errno
+import importlib.util
 import logging as logging_lib
 import os
 import sys
 import tempfile
 
+import ml_collections
+from absl import flags
 from absl import logging
 
 from diffusion_distillation import errors
 
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+
+_STORAGE_ERRORS = {
+    errno.ENOSPC: 'the disk is full',
+    errno.EROFS: 'the file system is read-only',
+    errno.EDQUOT: 'the disk quota is exceeded',
+    errno.EACCES: 'permission denied',
+}
 
 
 class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO chatter of orbax, TensorFlow and JAX; warnings still show."""
+  """Drops INFO chatter of orbax, TensorFlow and JAX, and the tracebacks
+  orbax's writer threads log for a full or read-only disk (the command
+  reports that in one line); other warnings and errors still show."""
 
   def filter(self, record):
     noisy = any(
         f'/{name}/' in record.pathname
-        for name in ('orbax', 'tensorflow', 'jax')
+        for name in ('orbax', 'tensorflow', 'tensorflow_datasets', 'jax')
     )
-    return record.levelno >= logging_lib.WARNING or not noisy
+    if not noisy:
+      return True
+    if record.exc_info and storage_problem(record.exc_info[1]):
+      return False
+    return record.levelno >= logging_lib.WARNING
 
 
 @contextlib.contextmanager
@@ -50,16 +71,168 @@ def _stderr_held_back():
       os.close(saved)
 
 
+def _is_closed_loop_echo(error) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == (
+      'Event loop is closed'
+  )
+
+
+def _quiet_excepthook(kind, error, trace):
+  # When a checkpoint write or read fails, orbax's asyncio loop closes while
+  # TensorStore callbacks still post to it; each one prints this traceback
+  # through sys.excepthook (dozens of them). The failure itself is reported.
+  if not _is_closed_loop_echo(error):
+    sys.__excepthook__(kind, error, trace)
+
+
 def quiet_start():
   """Imports TensorFlow without the INFO lines its C++ core prints at load
   time (oneDNN, CPU instructions), which no environment variable silences
-  in TF 2.21; and hides the INFO logs of orbax, TensorFlow and JAX."""
+  in TF 2.21; hides the INFO logs of orbax, TensorFlow and JAX, and the
+  echoes of a failed checkpoint write."""
   with _stderr_held_back():
     import tensorflow  # noqa: F401
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.excepthook = _quiet_excepthook
 
 
 def exit_on_bad_input(error: errors.InputError):
   """Ends the command with the error's one line and status 2."""
   print(f'error: {error}', file=sys.stderr)
   sys.exit(EXIT_BAD_INPUT)
+
+
+def _chain(error: BaseException):
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
+
+
+def _config_path(argv) -> str:
+  for arg in argv:
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+  return ''
+
+
+def _unknown_override(argv) -> str:
+  """'--config.a.b: ...' for the first override naming no config field."""
+  path = _config_path(argv)
+  spec = importlib.util.spec_from_file_location('_config_to_check', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    dotted = arg[len('--config.') :].split('=', 1)[0]
+    node, walked = config, []
+    for part in dotted.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = '.'.join(walked) or 'the config'
+        fields = (
+            ', '.join(sorted(node.keys()))
+            if isinstance(node, ml_collections.ConfigDict)
+            else 'none'
+        )
+        return (
+            f'--config.{dotted}: {where} has no field {part!r}; its fields: '
+            f'{fields}.'
+        )
+      node, walked = node[part], walked + [part]
+  return ''
+
+
+def _flag_error_message(error: BaseException, argv) -> str:
+  chain = _chain(error)
+  root = chain[-1]
+  path = _config_path(argv)
+  if any(
+      isinstance(e, ModuleNotFoundError) and e.name == 'configs' for e in chain
+  ):
+    return (
+        f'--config={path} imports the configs package: run the command from '
+        'the repository root (the folder that holds configs/).'
+    )
+  if isinstance(root, SyntaxError):
+    return f'--config={path}: line {root.lineno}: {root.msg}.'
+  if any('No such file or directory' in str(e) for e in chain):
+    return (
+        f'--config={path}: no such file; give a config file, e.g. '
+        'configs/digits.py.'
+    )
+  if isinstance(root, (KeyError, AttributeError)):
+    try:
+      unknown = _unknown_override(argv)
+    except Exception:  # noqa: BLE001 - fall back to the plain message
+      unknown = ''
+    if unknown:
+      return unknown
+  if isinstance(error, flags.Error):
+    return _first_line(error)
+  return f'--config={path}: {type(root).__name__}: {_first_line(root)}'
+
+
+def parse_flags(argv):
+  """absl's flag parsing (app.run's flags_parser) with every error, the
+  config file's included, in one line and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - a config file may raise anything
+    exit_on_bad_input(errors.InputError(_flag_error_message(e, argv)))
+
+
+def loaded_config(config_flag, argv) -> ml_collections.ConfigDict:
+  """The --config flag's ConfigDict. ml_collections defers a config file's
+  load errors (a missing file) to the first use: InputError then."""
+  try:
+    config = config_flag.value
+    config.keys()  # the deferred error, if any, is raised here
+  except Exception as e:  # noqa: BLE001 - a config file may raise anything
+    raise errors.InputError(_flag_error_message(e, argv)) from None
+  return config
+
+
+def storage_problem(error: BaseException) -> str:
+  """'the disk is full' and the like when `error` (or what caused it, as
+  orbax and TensorFlow wrap it) is a storage error; else ''."""
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:
+      where = f' ({e.filename})' if e.filename else ''
+      return f'{_STORAGE_ERRORS[e.errno]}{where}'
+    text = str(e)
+    for code, problem in _STORAGE_ERRORS.items():
+      if os.strerror(code) in text:
+        return problem
+  return ''
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Ends the command with one line and status 2 or 3 for the errors a user
+  can act on; anything else keeps its traceback (a bug to report)."""
+  try:
+    yield
+  except errors.InputError as e:
+    exit_on_bad_input(e)
+  except errors.RunStopped as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_STOPPED)
+  except Exception as e:  # noqa: BLE001 - re-raised unless storage
+    problem = storage_problem(e)
+    if not problem:
+      raise
+    print(
+        f'error: the run stopped: {problem}. What it saved before is intact; '
+        'free space (or make the workdir writable) and rerun the same '
+        'command to resume.',
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_STOPPED)

@@ -36,7 +36,12 @@ def check_round_range(start_num_steps: int, end_num_steps: int):
 
 
 def check_batch(batch_size: int, num_devices: int, section: str):
-  if batch_size < 1 or batch_size % num_devices:
+  if batch_size < 1:
+    raise errors.InputError(
+        f'{section}.batch_size={batch_size}: a batch needs at least one '
+        f'image per device; use a positive multiple of {num_devices}.'
+    )
+  if batch_size % num_devices:
     raise errors.InputError(
         f'{section}.batch_size={batch_size} is not divisible by the '
         f'{num_devices} devices; use a multiple of {num_devices}.'
@@ -130,19 +135,45 @@ def check_config(
       train_state.check_ema_schedule(config[section].ema_schedule)
     except ValueError as e:
       raise errors.InputError(f'{section}: {e}') from None
+    fraction = config[section].max_skipped_fraction
+    if not 0 <= fraction < 1:
+      raise errors.InputError(
+          f'{section}.max_skipped_fraction={fraction}: give a share of '
+          'updates in [0, 1).'
+      )
     substeps = config[section].substeps
     num_steps = config[section].get(
         'num_steps', config[section].get('steps_per_round')
     )
-    if substeps < 1 or num_steps % substeps:
+    if substeps < 1 or num_steps < 1:
+      raise errors.InputError(
+          f'{section}: {num_steps} steps with substeps={substeps}: both must '
+          'be at least 1.'
+      )
+    if num_steps % substeps:
       raise errors.InputError(
           f'{section}: {num_steps} steps are not a multiple of substeps='
           f'{substeps}; make them one.'
       )
   check_batch(config.sample.batch_size, num_devices, 'sample')
+  check_checkpointing(config.checkpoint)
   if 'eval' in config:
     check_eval(config.eval, num_devices)
   return config
+
+
+def check_checkpointing(every: ml_collections.ConfigDict):
+  if every.max_to_keep is None or every.max_to_keep < 1:
+    raise errors.InputError(
+        f'checkpoint.max_to_keep={every.max_to_keep}: keep at least 1 '
+        'periodic checkpoint, or a killed run restarts from scratch.'
+    )
+  if every.every_steps < 0 or every.every_secs <= 0:
+    raise errors.InputError(
+        f'checkpoint.every_steps={every.every_steps}, every_secs='
+        f'{every.every_secs}: use every_steps >= 0 (0: by time only) and '
+        'every_secs > 0.'
+    )
 
 
 def check_eval(settings: ml_collections.ConfigDict, num_devices: int):

@@ -112,8 +112,9 @@ def _fidelity(x, reference_x) -> dict:
 PAPER_FID = {'cifar10': {1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57}}
 
 
-def _models_to_evaluate(config, workdir) -> list:
-  """The workdir's saved models; InputError when eval cannot run."""
+def check_can_evaluate(config, workdir) -> list:
+  """The workdir's saved models; InputError when eval cannot run (checked
+  before anything is written)."""
   if 'eval' not in config:
     raise errors.InputError(
         'This config has no eval section; --mode=eval needs one (see '
@@ -128,6 +129,13 @@ def _models_to_evaluate(config, workdir) -> list:
         f'you supply (nothing is downloaded); {inception.WEIGHTS_HELP}, then '
         'give --config.eval.inception_weights=PATH.'
     )
+  for field in ('inception_weights', 'reference_stats'):
+    path = config.eval.get(field)
+    if path and not files.as_path(path).exists():
+      raise errors.InputError(
+          f'eval.{field}={path} does not exist; give an existing file '
+          '(local or gs://), see docs/reproducing.md.'
+      )
   models = checkpoints.saved_models(workdir)
   if not models:
     raise errors.InputError(
@@ -139,7 +147,7 @@ def _models_to_evaluate(config, workdir) -> list:
 
 def evaluate(run) -> dict:
   """Scores every model of `run.workdir`; writes and returns the results."""
-  models = _models_to_evaluate(run.config, run.workdir)
+  models = check_can_evaluate(run.config, run.workdir)
   if run.config.dataset.name in data.IN_MEMORY_DATASETS:
     return _evaluate_digits(run, models)
   return _evaluate_inception(run, models)

@@ -133,18 +133,24 @@ def _not_prepared_message(dataset: ml_collections.ConfigDict, builder) -> str:
   return f'{where}. Prepare it with: tfds build {dataset.name}{data_dir}'
 
 
-def _encoded(dataset: ml_collections.ConfigDict, **kwargs) -> tf.data.Dataset:
-  """builder.as_dataset(**kwargs) with images left encoded; InputError with
-  the command that prepares the data when it is not prepared."""
-  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
+def _train_split(dataset: ml_collections.ConfigDict, builder, **as_dataset):
+  """builder.as_dataset(split, ...), or InputError with the command that
+  prepares the data when it is not prepared under dataset.data_dir."""
   try:
     return builder.as_dataset(
-        decoders={'image': tfds.decode.SkipDecoding()}, **kwargs
+        decoders={'image': tfds.decode.SkipDecoding()}, **as_dataset
     )
   except AssertionError:  # what tfds raises when the files are missing
     if builder.is_prepared():
       raise
     raise errors.InputError(_not_prepared_message(dataset, builder)) from None
+
+
+def check_prepared(dataset: ml_collections.ConfigDict):
+  """Raises InputError, naming the `tfds build` command, when the train
+  split cannot be read (it reads no example)."""
+  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
+  _train_split(dataset, builder, split='train')
 
 
 def reference_images(
@@ -159,7 +165,8 @@ def reference_images(
   Raises:
     errors.InputError when the split holds fewer images.
   """
-  ds = _encoded(dataset, split='train', shuffle_files=False)
+  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
+  ds = _train_split(dataset, builder, split='train', shuffle_files=False)
   ds = ds.take(num_images).map(
       lambda example: decode_and_resize(
           example, name=dataset.name, image_size=dataset.image_size
@@ -216,14 +223,16 @@ def train_dataset(
     [0, 255], 'label': int32 [substeps, B_local]}.
 
   Raises:
-    ConfigError when the dataset is not prepared under dataset.data_dir.
+    InputError when the dataset is not prepared under dataset.data_dir.
   """
+  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
   file_seed, shuffle_seed = stream_seeds(seed, step, process_index)
   split = tfds.split_for_jax_process(
       'train', process_index=process_index, process_count=process_count
   )
-  ds = _encoded(
+  ds = _train_split(
       dataset,
+      builder,
       split=split,
       shuffle_files=True,
       read_config=tfds.ReadConfig(shuffle_seed=file_seed),

@@ -8,6 +8,8 @@ On several hosts, run the same command on every host with --distributed (and
 a workdir that all hosts share, e.g. gs://); see launch/.
 """
 
+import sys
+
 import jax
 from absl import app
 from absl import flags
@@ -15,7 +17,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from diffusion_distillation import cli
-from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -86,11 +87,10 @@ def main(argv):
       jax.process_count(),
       jax.local_devices(),
   )
-  try:
-    pipeline.run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except errors.InputError as e:
-    cli.exit_on_bad_input(e)
+  with cli.one_line_errors():
+    config = cli.loaded_config(_CONFIG, sys.argv)
+    pipeline.run_mode(config, _WORKDIR.value, _MODE.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,13 +17,21 @@ from diffusion_distillation import config_checks
 from diffusion_distillation import data
 from diffusion_distillation import errors
 from diffusion_distillation import evaluation
+from diffusion_distillation import files
+from diffusion_distillation import health
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
 from diffusion_distillation import sharding
-from diffusion_distillation import steps
 from diffusion_distillation import trainer as trainer_lib
+from diffusion_distillation import workdir_lock
 
 MODES = ('train', 'distill', 'sample', 'eval', 'all')
+
+_MISSING_TEACHER = (
+    'Missing teacher checkpoint: {workdir}/models/0 does not exist; run '
+    '--mode=train first, or set --config.distill.teacher_checkpoint to a '
+    'teacher workdir or a models/<N> directory.'
+)
 
 
 def round_step_counts(config: ml_collections.ConfigDict) -> list:
@@ -44,7 +52,8 @@ class Run:
 
   Construction validates the config and checks that the workdir holds no
   run of another config; it writes nothing. `record_config` then writes
-  config.json, once the mode knows it will run.
+  config.json (and config_changes.json when a recovery field changed), once
+  the mode's inputs are checked (`preflight`) and the workdir is locked.
   """
 
   def __init__(
@@ -57,7 +66,7 @@ class Run:
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.config = config_checks.check_config(config, self.mesh.size)
     self.workdir = workdir
-    checkpoints.check_run_config(workdir, config)
+    self.config_changes = checkpoints.check_run_config(workdir, config)
     self._writer = writer
     self.replicated = sharding.replicated(self.mesh)
     self._dataset = None
@@ -68,7 +77,56 @@ class Run:
     return self._writer is not None
 
   def record_config(self):
-    checkpoints.record_run_config(self.workdir, self.config)
+    for field, (before, after) in self.config_changes.items():
+      logging.warning(
+          'Resuming with %s=%r (it was %r); recorded in %s/config_changes.json',
+          field,
+          after,
+          before,
+          self.workdir,
+      )
+    checkpoints.record_run_config(
+        self.workdir, self.config, self.config_changes
+    )
+
+  def preflight(self, mode: str):
+    """Checks what `mode` needs before anything is written.
+
+    Raises:
+      InputError: the workdir is a file, the training data is not prepared,
+        or the models the mode starts from do not exist.
+    """
+    path = files.as_path(self.workdir)
+    if path.exists() and not path.is_dir():
+      raise errors.InputError(
+          f'--workdir={self.workdir} is a file; give a directory (new or a '
+          "run's)."
+      )
+    models = checkpoints.saved_models(self.workdir)
+    if mode in ('train', 'distill', 'all'):
+      name = self.config.dataset.name
+      if name not in data.IN_MEMORY_DATASETS:
+        from diffusion_distillation import input_pipeline
+
+        input_pipeline.check_prepared(self.config.dataset)
+    if mode == 'distill':
+      counts = round_step_counts(self.config)
+      teacher = self.config.distill.teacher_checkpoint
+      if (
+          not all(n in models for n in counts)
+          and not teacher
+          and (0 not in models)
+      ):
+        raise errors.InputError(_MISSING_TEACHER.format(workdir=self.workdir))
+      if teacher:
+        checkpoints.resolve_model_path(teacher)
+    if mode == 'sample' and not models:
+      raise errors.InputError(
+          f'No models in {self.workdir}/models: run --mode=train (and '
+          'distill) first.'
+      )
+    if mode == 'eval':
+      evaluation.check_can_evaluate(self.config, self.workdir)
 
   @property
   def writer(self):
@@ -187,22 +245,31 @@ class Run:
       num_updates: int,
       run_step: Callable,
       save: Callable,
+      last_good: str,
       step_offset: int = 0,
       total_updates: int = 0,
   ):
     """Runs `run_step` from state.step to `num_updates`, logging and saving.
+
+    Every periodic save, and the return, come after a health check (see
+    health.py): a non-finite state is never saved or returned.
 
     Args:
       section: 'train' or 'distill' (config section and metric prefix).
       state: TrainState to continue from.
       num_updates: optimizer steps in this phase (a multiple of substeps).
       run_step: (state, batch) -> (state, metrics).
-      save: (state) -> None, a periodic checkpoint.
+      save: (state) -> the saved checkpoint's name, e.g. 'teacher/200'.
+      last_good: what a diverged run would resume from, until a save.
       step_offset: global step of this phase's step 0 (distillation rounds).
       total_updates: optimizer steps of the whole phase, for the ETA.
 
     Returns:
       (state, the last logged metrics as floats).
+
+    Raises:
+      RunStopped when the state went non-finite or too many updates were
+      skipped.
     """
     from clu import periodic_actions
 
@@ -212,12 +279,28 @@ class Run:
         writer=self.writer,
         every_secs=30.0,
     )
+    # With skipping on, a non-finite update leaves the state as it was;
+    # with it off, it makes the state non-finite.
+    skips = (
+        health.SkipMonitor(section, phase.substeps, phase.max_skipped_fraction)
+        if phase.skip_nonfinite_updates
+        else None
+    )
+
+    def check_health(step, final=False):
+      if skips:
+        skips.check(step, phase.learning_rate, final=final)
+      if not health.is_finite(state):
+        raise health.diverged(section, step, last_good, phase.learning_rate)
+
     step = int(state.step)
     last_save = time.time()
     logged = {}
     while step < num_updates:
       batch = self.batch_at(section, step_offset + step)
       state, metrics = run_step(state, batch)
+      if skips:
+        skips.add(metrics['nonfinite'])
       step += phase.substeps
       global_step = step_offset + step
       report(global_step)
@@ -225,9 +308,7 @@ class Run:
           step >= num_updates
       ):
         logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        steps.check_finite(
-            logged, step, section, phase.get('skip_nonfinite_updates', False)
-        )
+        check_health(step)
         self.writer.write_scalars(
             global_step, {f'{section}/{k}': v for k, v in logged.items()}
         )
@@ -236,31 +317,41 @@ class Run:
       )
       due_by_time = time.time() - last_save >= every.every_secs
       if step < num_updates and (due_by_steps or due_by_time):
-        save(state)
+        check_health(step)
+        last_good = save(state)
         last_save = time.time()
+    check_health(step, final=True)
     return state, logged
 
 
 def train_teacher(run: Run):
   """Trains the continuous-time teacher; saves it as models/0."""
   config, workdir = run.config, run.workdir
+  grid_name = f'grid_teacher_{config.sample.teacher_num_steps}'
   if 0 in checkpoints.saved_models(workdir):
     logging.info('Teacher already trained in %s', workdir)
+    _write_missing_grid(run, 0, config.sample.teacher_num_steps, grid_name)
     return
   trainer = trainer_lib.build(config, 'train', run.mesh)
+  teacher_dir = os.path.join(workdir, 'teacher')
   mngr = checkpoints.manager(
-      os.path.join(workdir, 'teacher'),
-      max_to_keep=config.checkpoint.max_to_keep,
+      teacher_dir, max_to_keep=config.checkpoint.max_to_keep
   )
-  latest = mngr.latest_step()
-  if latest is not None:
-    state, _ = checkpoints.restore(mngr, latest, trainer.abstract_state())
+  restored = checkpoints.restore_latest(mngr, trainer.abstract_state())
+  if restored is not None:
+    latest, state, _ = restored
+    last_good = f'{teacher_dir}/{latest}'
     logging.info('Resuming teacher training at step %d', latest)
   else:
     params = trainer.init_params(
         trainer_lib.stream_key(config.seed, trainer_lib.RngStream.INIT)
     )
     state = trainer.fresh_state(params, num_sample_steps=0)
+    last_good = 'none: the teacher would start from its initialisation'
+
+  def save(state):
+    checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
+    return f'{teacher_dir}/{int(state.step)}'
 
   start = time.time()
   state, _ = run.loop(
@@ -268,7 +359,8 @@ def train_teacher(run: Run):
       state=state,
       num_updates=config.train.num_steps,
       run_step=trainer.update,
-      save=lambda s: checkpoints.save(mngr, int(s.step), s, {'phase': 'train'}),
+      save=save,
+      last_good=last_good,
   )
   if mngr.latest_step() != int(state.step):  # a rerun may find it saved
     checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
@@ -286,9 +378,24 @@ def train_teacher(run: Run):
   run.write_samples(
       state.ema_params,
       num_steps=config.sample.teacher_num_steps,
-      name=f'grid_teacher_{config.sample.teacher_num_steps}',
+      name=grid_name,
       step=int(state.step),
   )
+
+
+def _write_missing_grid(run: Run, model_steps: int, num_steps: int, name):
+  """The sample grid of a model saved by a run that was killed before it
+  could write the grid."""
+  if (files.as_path(run.workdir) / 'samples' / f'{name}.png').exists():
+    return
+  params, _ = checkpoints.load_model(
+      run.workdir,
+      run.abstract_params(),
+      num_sample_steps=model_steps,
+      sharding=run.replicated,
+      source='model',
+  )
+  run.write_samples(params, num_steps=num_steps, name=name)
 
 
 def _first_teacher(run: Run):
@@ -298,11 +405,7 @@ def _first_teacher(run: Run):
   if not config.distill.teacher_checkpoint and 0 not in (
       checkpoints.saved_models(run.workdir)
   ):
-    raise errors.InputError(
-        f'Missing teacher checkpoint: {run.workdir}/models/0 does not exist; '
-        'run --mode=train first, or set --config.distill.teacher_checkpoint '
-        'to a teacher workdir or a models/<N> directory.'
-    )
+    raise errors.InputError(_MISSING_TEACHER.format(workdir=run.workdir))
   params, meta = checkpoints.load_model(
       path,
       run.abstract_params(),
@@ -328,17 +431,22 @@ def distill(run: Run):
   done = checkpoints.saved_models(workdir)
   if all(n in done for n in student_step_counts):
     logging.info('Distillation already finished in %s', workdir)
+    for n in student_step_counts:
+      _write_missing_grid(run, n, n, f'grid_{n}')
     return
   trainer = trainer_lib.build(config, 'distill', run.mesh)
   updates_per_round = config.distill.steps_per_round
   abstract = trainer.abstract_state()
+  distill_dir = os.path.join(workdir, 'distill')
   mngr = checkpoints.manager(
-      os.path.join(workdir, 'distill'),
-      max_to_keep=config.checkpoint.max_to_keep,
+      distill_dir, max_to_keep=config.checkpoint.max_to_keep
   )
   num_rounds = len(student_step_counts)
   for round_index, student_steps in enumerate(student_step_counts):
     if student_steps in done:
+      _write_missing_grid(
+          run, student_steps, student_steps, f'grid_{student_steps}'
+      )
       continue
     start = time.time()
     if round_index == 0:
@@ -352,13 +460,18 @@ def distill(run: Run):
           source='previous round',
       )
     offset = round_index * updates_per_round
-    latest = mngr.latest_step()
+    teacher_name = (
+        f'{workdir}/models/{2 * student_steps}' if round_index else 'teacher'
+    )
+    last_good = f'none: the round would start again from {teacher_name}'
+    restored = checkpoints.restore_latest(mngr, abstract, after_step=offset)
     state = None
-    if latest is not None and latest > offset:
-      state, meta = checkpoints.restore(mngr, latest, abstract)
+    if restored is not None:
+      latest, state, meta = restored
       if meta['num_sample_steps'] != student_steps:
         state = None  # a checkpoint of an earlier round: start afresh
       else:
+        last_good = f'{distill_dir}/{latest}'
         logging.info(
             'Resuming the %d-step round at step %d',
             student_steps,
@@ -374,14 +487,18 @@ def distill(run: Run):
         student_steps,
     )
     meta = {'phase': 'distill', 'num_sample_steps': student_steps}
+
+    def save(state, offset=offset, meta=meta):
+      checkpoints.save(mngr, offset + int(state.step), state, meta)
+      return f'{distill_dir}/{offset + int(state.step)}'
+
     state, last = run.loop(
         section='distill',
         state=state,
         num_updates=updates_per_round,
         run_step=lambda s, b, t=teacher: trainer.update(s, b, t),
-        save=lambda s, o=offset, m=meta: checkpoints.save(
-            mngr, o + int(s.step), s, m
-        ),
+        save=save,
+        last_good=last_good,
         step_offset=offset,
         total_updates=num_rounds * updates_per_round,
     )
@@ -472,13 +589,17 @@ def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
         f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.'
     )
   run = Run(config, workdir)
-  run.record_config()
+  run.preflight(mode)
   timings = {}
-  for phase in _PHASES_OF_MODE[mode]:
-    start = time.time()
-    phase(run)
-    timings[phase.__name__] = time.time() - start
-    logging.info('%s took %.1f s', phase.__name__, timings[phase.__name__])
-  if run.has_writer:
-    run.writer.flush()
+  with workdir_lock.WorkdirLock(workdir):
+    run.record_config()
+    try:
+      for phase in _PHASES_OF_MODE[mode]:
+        start = time.time()
+        phase(run)
+        timings[phase.__name__] = time.time() - start
+        logging.info('%s took %.1f s', phase.__name__, timings[phase.__name__])
+    finally:
+      if run.has_writer:
+        run.writer.flush()
   return timings

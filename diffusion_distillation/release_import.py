@@ -41,6 +41,7 @@ from diffusion_distillation import cli
 from diffusion_distillation import config_checks
 from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
+from diffusion_distillation import workdir_lock
 
 _RELEASE_KEYS = ('step', 'optimizer', 'ema_params', 'num_sample_steps')
 
@@ -252,9 +253,22 @@ def import_release_checkpoint(
   params = fit_params(
       params, network_param_shapes(config), source=f'release checkpoint {path}'
   )
-  checkpoints.check_run_config(workdir, config)
-  checkpoints.record_run_config(workdir, config)
-  checkpoints.save_model(workdir, model_steps, params, meta)
+  for name, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not np.all(np.isfinite(leaf)):
+      key = '/'.join(str(getattr(k, 'key', k)) for k in name)
+      raise errors.InputError(
+          f'release checkpoint {path}: parameter {key} holds NaN or inf; the '
+          'file is damaged or not a trained model.'
+      )
+  changes = checkpoints.check_run_config(workdir, config)
+  if changes:
+    raise errors.InputError(
+        f'{workdir} holds a run of a different config: {next(iter(changes))} '
+        'differs; import with the same config.'
+    )
+  with workdir_lock.WorkdirLock(workdir):
+    checkpoints.record_run_config(workdir, config)
+    checkpoints.save_model(workdir, model_steps, params, meta)
   return model_steps
 
 
@@ -298,7 +312,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
   cli.quiet_start()
-  try:
+  with cli.one_line_errors():
     model_steps = import_release_checkpoint(
         args.checkpoint,
         args.config,
@@ -306,8 +320,6 @@ def main(argv):
         num_sample_steps=args.num_sample_steps,
         use_ema=args.use_ema,
     )
-  except errors.InputError as e:
-    cli.exit_on_bad_input(e)
   logging.info(
       'Imported %s as %s',
       args.checkpoint,
@@ -317,4 +329,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

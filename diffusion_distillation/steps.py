@@ -15,7 +15,6 @@ gradient is the all-device mean before clipping.
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from diffusion_distillation import diffusion
@@ -147,8 +146,7 @@ def _scan_updates(
     state, metrics = jax.lax.scan(body, state, xs)
   else:
     raise ValueError(
-        f'Unknown substep_loop {substep_loop!r}; choose one of '
-        f'{SUBSTEP_LOOPS}.'
+        f'Unknown substep_loop {substep_loop!r}; choose one of {SUBSTEP_LOOPS}.'
     )
   metrics = {
       'loss': jnp.mean(metrics['loss']),
@@ -192,19 +190,3 @@ def step_settings(
       weighting=model.mean_loss_weight_type,
       skip_nonfinite=bool(config[section].get('skip_nonfinite_updates', False)),
   )
-
-
-def check_finite(
-    metrics: dict,
-    step: int,
-    section: str,
-    skip_nonfinite: bool | None = False,
-):
-  """Stops with a clear error when the loss went NaN/inf."""
-  loss = float(metrics['loss'])
-  if not np.isfinite(loss) and not skip_nonfinite:
-    raise FloatingPointError(
-        f'{section} loss is {loss} at step {step}: lower '
-        f'{section}.learning_rate, or set {section}.skip_nonfinite_updates='
-        'True to skip such updates.'
-    )

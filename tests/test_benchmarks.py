@@ -120,3 +120,14 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
         speedup['teacher_seconds'] / speedup['student_seconds'],
     )
     assert _close(speedup['ideal'], int(teacher) / speedup['student_steps'])
+
+
+def test_chaos_with_three_kills_resumes_to_the_uninterrupted_result(tmp_path):
+  out = tmp_path / 'chaos.json'
+  result = run_python(['-m', 'benchmarks.chaos', '--kills=3', f'--out={out}'])
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report['kills'] == 3
+  assert report['resumes'] >= 3 and report['failed_resumes'] == []
+  assert report['arrays_missing'] == [] and report['arrays_compared'] > 0
+  assert report['max_difference'] == 0.0

@@ -287,3 +287,19 @@ def test_cifar10_release_layout_fits_the_paper_network():
         release_import.network_param_shapes(_cifar10_config(mean_type='both')),
         source='cifar_8',
     )
+
+
+def test_a_release_file_holding_nan_is_refused(tmp_path):
+  config = tiny_config()
+  ema = _random_params(config, 1)
+  ema['conv_in']['bias'] = np.full_like(ema['conv_in']['bias'], np.nan)
+  path = _write(
+      tmp_path / 'nan_release',
+      _release_state(target=ema, ema_params=ema, num_sample_steps=0),
+  )
+  workdir = tmp_path / 'w'
+  with pytest.raises(
+      errors.InputError, match='parameter conv_in/bias holds NaN or inf'
+  ):
+    release_import.import_release_checkpoint(path, config, str(workdir))
+  assert not workdir.exists()
