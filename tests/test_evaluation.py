@@ -201,6 +201,23 @@ def test_eval_without_inception_weights_names_the_setting(tmp_path):
   assert '--config.eval.inception_weights=PATH' in str(caught.value)
 
 
+@pytest.mark.parametrize('field', ['inception_weights', 'reference_stats'])
+def test_eval_files_that_do_not_exist_are_refused_before_writing(
+    tmp_path, field
+):
+  weights = str(tmp_path / 'inception_fid.npz')
+  inception.save_params(inception.random_params(0), weights)
+  config = _cifar10_config(inception_weights=weights)
+  config.eval[field] = str(tmp_path / 'missing.npz')
+  workdir = tmp_path / 'w'
+  with pytest.raises(
+      errors.InputError,
+      match=re.escape(f'eval.{field}={tmp_path}/missing.npz does not exist'),
+  ):
+    pipeline.run_mode(config, str(workdir), 'eval')
+  assert not workdir.exists()
+
+
 @pytest.mark.parametrize(
     'overrides,message',
     [
