@@ -60,10 +60,11 @@ def frechet_distance(
   ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
 
   Tr (C_a C_b)^(1/2) is the sum of the square roots of the eigenvalues of
-  C_a C_b, which are those of the symmetric C_a^(1/2) C_b C_a^(1/2): two
-  symmetric eigendecompositions, the same value as scipy.linalg.sqrtm's
-  (the ADM evaluator's) to round-off, and faster at 2048 dimensions, where
-  sqrtm took about a minute on 2 CPU cores.
+  C_a C_b, which are those of the symmetric C_a^(1/2) C_b C_a^(1/2): real
+  by construction, and the same value as scipy.linalg.sqrtm's (the ADM
+  evaluator's) to 8e-15 relative at 2048 dimensions
+  (benchmarks/fid_features.py), in no more time (23-36 s against 24-57 s
+  for sqrtm on a shared 2-core machine).
 
   If either covariance is singular to working precision (always so when
   there are no more feature vectors than dimensions), eps * I is added to
