@@ -69,4 +69,22 @@ def get_config():
       num_samples=100,  # --config.sample.num_samples=50000 for FID
       teacher_num_steps=1024,  # the release's eval_sampling_num_steps
   )
+  # --mode=eval: FID, Inception Score, precision and recall of every model
+  # (diffusion_distillation/evaluation.py, docs/reproducing.md).
+  config.eval = dict(
+      num_samples=50_000,  # per entry, the paper's
+      batch_size=512,  # sampling and Inception; a multiple of the devices
+      seed=2,  # one starting noise shared by every model and sampler
+      # The teacher with DDIM, as the paper's comparison (1 to 512 steps).
+      teacher_num_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+      ancestral_num_steps=(),  # the teacher with the ancestral sampler
+      # Required by --mode=eval: InceptionV3 weights (.npz converted from the
+      # ADM evaluator's graph, or fidjax's pickle), local or gs://.
+      inception_weights='',
+      # '' = the statistics of reference_num_images train images, computed
+      # once and cached in <workdir>/eval; or an ADM reference npz (mu,
+      # sigma, and arr_0 for precision and recall).
+      reference_stats='',
+      reference_num_images=50_000,  # all of CIFAR-10's train split
+  )
   return config

@@ -71,4 +71,8 @@ def get_config():
       learning_rate=1e-4,  # decays linearly to 0 over each round
   )
   config.sample.batch_size = 512  # a multiple of the device count
+  # FID against the first 50,000 train images in tfds' (shuffled) file
+  # order; or set eval.reference_stats to the ADM reference batch
+  # VIRTUAL_imagenet64_labeled.npz.
+  config.eval.reference_num_images = 50_000
   return config

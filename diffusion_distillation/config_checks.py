@@ -177,18 +177,28 @@ def check_checkpointing(every: ml_collections.ConfigDict):
 
 
 def check_eval(settings: ml_collections.ConfigDict, num_devices: int):
+  """The eval section: digits' (reference_num_steps) or the tfds datasets'
+  (inception_weights, reference_stats, reference_num_images). Whether the
+  weights file exists is checked when --mode=eval starts."""
   check_batch(settings.batch_size, num_devices, 'eval')
-  if settings.num_samples < 2:
+  # Precision and recall need more points than their k = 3 neighbours.
+  least = 4 if 'inception_weights' in settings else 2
+  if settings.num_samples < least:
     raise errors.InputError(
-        f'eval.num_samples={settings.num_samples}: a Fréchet '
-        'distance needs at least 2 samples.'
+        f'eval.num_samples={settings.num_samples}: need at least {least} '
+        'samples per entry.'
     )
   for field in ('teacher_num_steps', 'ancestral_num_steps'):
     if any(n < 1 for n in settings[field]):
       raise errors.InputError(
           f'eval.{field}={tuple(settings[field])}: step counts must be >= 1.'
       )
-  if settings.reference_num_steps < 1:
+  if settings.get('reference_num_steps', 1) < 1:
     raise errors.InputError(
         f'eval.reference_num_steps={settings.reference_num_steps} must be >= 1.'
+    )
+  if settings.get('reference_num_images', 4) < 4:
+    raise errors.InputError(
+        f'eval.reference_num_images={settings.reference_num_images}: need at '
+        'least 4 real images.'
     )

@@ -3,7 +3,22 @@
 For each model in <workdir>/models (the teacher at each of eval.
 teacher_num_steps with DDIM and eval.ancestral_num_steps with the ancestral
 sampler; each student at its own step count with DDIM), eval.num_samples
-samples are drawn from ONE shared starting noise and label list, and scored:
+samples are drawn from ONE shared starting noise and label list, and scored.
+
+The tfds datasets (CIFAR-10, ImageNet, LSUN) are scored as the paper and the
+ADM evaluator do, on the samples rounded to uint8 (`fid.py`):
+
+  fid                FID against the reference statistics: those of
+                     eval.reference_num_images train images, computed once
+                     and cached in <workdir>/eval as an ADM-layout npz, or
+                     an ADM reference batch given as eval.reference_stats;
+  inception_score    (and inception_score_std) over parts of 5,000;
+  precision, recall  improved precision and recall, k = 3, against the
+                     reference images.
+
+InceptionV3 weights are the user's file, eval.inception_weights
+(`inception.py`). The bundled digits have no Inception; they are scored with
+a small reference classifier (reference_network.py):
 
   fd                 Fréchet distance to the held-out real test split in the
                      reference network's feature space (lower is better);
@@ -15,13 +30,11 @@ samples are drawn from ONE shared starting noise and label list, and scored:
                          sampled as in its round (twice the steps), from the
                          same noise;
   fidelity_to_reference  MSE / PSNR against the original teacher with
-                         eval.reference_num_steps DDIM steps.
+                         eval.reference_num_steps DDIM steps;
 
-The floor is the FD of as many real training images as samples against the
-same test split. Results go to <workdir>/eval/results.json (+ results.md,
-fd_vs_steps.png). The reference network exists for the bundled digits only
-(reference_network.py); for CIFAR-10 or ImageNet an InceptionV3 feature
-function would plug into metrics.batched_features the same way.
+with a floor: the FD of as many real training images as samples against
+the same test split. Results go to <workdir>/eval/results.json (+
+results.md, fd_vs_steps.png).
 """
 
 import dataclasses
@@ -37,7 +50,9 @@ from matplotlib import figure
 from diffusion_distillation import checkpoints
 from diffusion_distillation import data
 from diffusion_distillation import errors
+from diffusion_distillation import fid as fid_lib
 from diffusion_distillation import files
+from diffusion_distillation import inception
 from diffusion_distillation import metrics
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import reference_network
@@ -93,20 +108,34 @@ def _fidelity(x, reference_x) -> dict:
   return {'mse': mse, 'psnr': psnr}
 
 
+# FID of the distilled models in the paper's table (50,000 samples).
+PAPER_FID = {'cifar10': {1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57}}
+
+
 def check_can_evaluate(config, workdir) -> list:
-  """The workdir's saved models; InputError when eval cannot run."""
+  """The workdir's saved models; InputError when eval cannot run (checked
+  before anything is written)."""
   if 'eval' not in config:
     raise errors.InputError(
         'This config has no eval section; --mode=eval needs one (see '
-        'configs/digits.py).'
+        'configs/digits.py and configs/cifar10.py).'
     )
-  if config.dataset.name != 'digits':
+  if config.dataset.name not in data.IN_MEMORY_DATASETS and not (
+      config.eval.get('inception_weights')
+  ):
     raise errors.InputError(
-        '--mode=eval has a reference network for the bundled digits only, '
-        f'not {config.dataset.name!r}: FID on it needs InceptionV3 weights, '
-        'which cannot be downloaded here; write samples with --mode=sample '
-        'and score them with an FID evaluator.'
+        'eval.inception_weights is not set: --mode=eval on '
+        f'{config.dataset.name} measures FID with InceptionV3 weights that '
+        f'you supply (nothing is downloaded); {inception.WEIGHTS_HELP}, then '
+        'give --config.eval.inception_weights=PATH.'
     )
+  for field in ('inception_weights', 'reference_stats'):
+    path = config.eval.get(field)
+    if path and not files.as_path(path).exists():
+      raise errors.InputError(
+          f'eval.{field}={path} does not exist; give an existing file '
+          '(local or gs://), see docs/reproducing.md.'
+      )
   models = checkpoints.saved_models(workdir)
   if not models:
     raise errors.InputError(
@@ -118,9 +147,16 @@ def check_can_evaluate(config, workdir) -> list:
 
 def evaluate(run) -> dict:
   """Scores every model of `run.workdir`; writes and returns the results."""
+  models = check_can_evaluate(run.config, run.workdir)
+  if run.config.dataset.name in data.IN_MEMORY_DATASETS:
+    return _evaluate_digits(run, models)
+  return _evaluate_inception(run, models)
+
+
+def _evaluate_digits(run, models: list) -> dict:
+  """FD, class accuracy and fidelity in the digits classifier's terms."""
   config, workdir, settings = run.config, run.workdir, run.config.eval
   start = time.time()
-  models = check_can_evaluate(config, workdir)
   reference = reference_network.ReferenceNetwork()
   test, train = data.load_digits('test'), data.load_digits('train')
 
@@ -238,6 +274,135 @@ def evaluate(run) -> dict:
   return results
 
 
+def _reference(run, network: inception.FeatureNetwork) -> fid_lib.Reference:
+  """eval.reference_stats, else the train split's statistics: read from the
+  workdir's cache, or computed and cached there."""
+  config, settings = run.config, run.config.eval
+  if settings.reference_stats:
+    return fid_lib.load_reference(
+        settings.reference_stats, network, batch_size=settings.batch_size
+    )
+  dataset = config.dataset
+  # The file name holds everything the statistics depend on.
+  name = (
+      f'reference_{dataset.name.replace("/", "_")}_{dataset.image_size}px_'
+      f'{settings.reference_num_images}_{network.fingerprint}.npz'
+  )
+  path = os.path.join(run.workdir, 'eval', name)
+  if files.as_path(path).exists():
+    logging.info('Reading the reference statistics from %s', path)
+    return fid_lib.load_reference(path, network, batch_size=settings.batch_size)
+  # TensorFlow is imported only for the datasets that stream with it.
+  from diffusion_distillation import input_pipeline
+
+  logging.info(
+      'Computing the reference statistics of %d %s train images (once; '
+      'cached as %s)',
+      settings.reference_num_images,
+      dataset.name,
+      path,
+  )
+  images = input_pipeline.reference_images(
+      dataset, settings.reference_num_images
+  )
+  reference = fid_lib.reference_from_images(
+      images, network, batch_size=settings.batch_size, source=path
+  )
+  if jax.process_index() == 0:
+    files.as_path(path).parent.mkdir(parents=True, exist_ok=True)
+    fid_lib.write_reference(path, images, reference)
+  return reference
+
+
+def _evaluate_inception(run, models: list) -> dict:
+  """FID, Inception Score, precision and recall of every entry (tfds)."""
+  config, workdir, settings = run.config, run.workdir, run.config.eval
+  start = time.time()
+  network = inception.FeatureNetwork(
+      inception.load_params(settings.inception_weights), run.mesh
+  )
+  reference = _reference(run, network)
+  sampler = sampling.Sampler(
+      network_lib.build_network(config, dropout=0.0),
+      config,
+      run.mesh,
+      batch_size=settings.batch_size,
+  )
+  noise = sampler.noise(settings.num_samples, settings.seed)
+  labels = sampling.sample_labels_for(config, settings.num_samples)
+  entries = plan(config, models)
+  # Work per entry, for the ETA: its sampling steps, and about one network
+  # pass for the Inception features.
+  work = [entry.num_steps + 1 for entry in entries]
+  rows, loaded_steps, params = [], None, None
+  for index, entry in enumerate(entries):
+    entry_start = time.time()
+    if entry.model_steps != loaded_steps:  # one model on the devices at once
+      params, _ = checkpoints.load_model(
+          workdir,
+          run.abstract_params(),
+          num_sample_steps=entry.model_steps,
+          sharding=run.replicated,
+          source='model',
+      )
+      loaded_steps = entry.model_steps
+    x = sampler.sample(
+        params,
+        num_steps=entry.num_steps,
+        num_samples=settings.num_samples,
+        labels=labels,
+        seed=settings.seed,
+        method=entry.method,
+        z=noise,
+    )
+    row = dict(dataclasses.asdict(entry), name=entry.name)
+    row.update(
+        fid_lib.score(
+            data.unit_interval_to_uint8(x),
+            reference,
+            network,
+            batch_size=settings.batch_size,
+        )
+    )
+    row['seconds'] = time.time() - entry_start
+    rows.append(row)
+    elapsed = time.time() - start
+    done = sum(work[: index + 1])
+    logging.info(
+        'eval %d/%d %s: FID %.3f, IS %.2f (%.0f s); ETA %.1f min',
+        index + 1,
+        len(entries),
+        entry.name,
+        row['fid'],
+        row['inception_score'],
+        row['seconds'],
+        elapsed / done * (sum(work) - done) / 60,
+    )
+  results = {
+      'workdir': str(files.as_path(workdir)),
+      'dataset': config.dataset.name,
+      'num_samples': settings.num_samples,
+      'seed': settings.seed,
+      'feature_network': {
+          'name': 'inception_v3_fid',
+          'weights': settings.inception_weights,
+          'fingerprint': network.fingerprint,
+      },
+      'reference': {
+          'path': reference.source,
+          'num_images': (
+              None if reference.features is None else len(reference.features)
+          ),
+      },
+      'paper_fid': PAPER_FID.get(config.dataset.name, {}),
+      'entries': rows,
+      'seconds': time.time() - start,
+  }
+  if jax.process_index() == 0:
+    write_results(results, os.path.join(workdir, 'eval'))
+  return results
+
+
 def write_results(results: dict, directory: str) -> dict:
   """results.json, results.md and fd_vs_steps.png in `directory` (local or
   gs://)."""
@@ -263,6 +428,57 @@ def _by_curve(results: dict) -> dict:
 
 
 def markdown_table(results: dict) -> str:
+  """The scores per step count, one column group per curve."""
+  if 'feature_network' in results:
+    return _inception_table(results)
+  return _digits_table(results)
+
+
+def _cell(row: dict | None, field: str, fmt: str) -> str:
+  return '' if row is None or row[field] is None else fmt.format(row[field])
+
+
+def _inception_table(results: dict) -> str:
+  """FID, Inception Score, precision and recall per step count."""
+  curves = _by_curve(results)
+  paper = {int(n): fid for n, fid in results['paper_fid'].items()}
+  step_counts = sorted(
+      {n for curve in curves.values() for n in curve} | set(paper)
+  )
+  lines = [
+      (
+          '| steps | FID distilled | FID distilled (paper) | FID DDIM | FID'
+          ' ancestral | IS distilled | IS DDIM | precision distilled | recall'
+          ' distilled |'
+      ),
+      '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ]
+  for n in step_counts:
+    distilled, ddim = curves['distilled'].get(n), curves['ddim'].get(n)
+    cells = [
+        _cell(distilled, 'fid', '{:.2f}'),
+        f'{paper[n]:.2f}' if n in paper else '',
+        _cell(ddim, 'fid', '{:.2f}'),
+        _cell(curves['ancestral'].get(n), 'fid', '{:.2f}'),
+        _cell(distilled, 'inception_score', '{:.2f}'),
+        _cell(ddim, 'inception_score', '{:.2f}'),
+        _cell(distilled, 'precision', '{:.3f}'),
+        _cell(distilled, 'recall', '{:.3f}'),
+    ]
+    lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+  reference = results['reference']
+  lines.append('')
+  lines.append(
+      f'{results["num_samples"]} samples per entry against {reference["path"]}'
+      f' ({reference["num_images"]} reference images for precision and'
+      ' recall); InceptionV3 weights'
+      f' {results["feature_network"]["weights"]} (fingerprint'
+      f' {results["feature_network"]["fingerprint"]}).'
+  )
+  return '\n'.join(lines) + '\n'
+
+
+def _digits_table(results: dict) -> str:
   """FD and class accuracy per step count, one column group per curve."""
   curves = _by_curve(results)
   step_counts = sorted({n for curve in curves.values() for n in curve})
@@ -304,8 +520,9 @@ def markdown_table(results: dict) -> str:
 
 
 def plot_fd_vs_steps(results: dict, path: str):
-  """FD against sampling steps (log2 x), as the paper's figure: distilled,
-  undistilled DDIM, ancestral, and the real-data floor."""
+  """FD (digits) or FID against sampling steps (log2 x), as the paper's
+  figure: distilled, undistilled DDIM, ancestral, and the real-data floor
+  (digits) or the paper's distilled FIDs (CIFAR-10)."""
   fig = figure.Figure(figsize=(6, 4), dpi=120)
   ax = fig.add_subplot()
   styles = {
@@ -313,25 +530,40 @@ def plot_fd_vs_steps(results: dict, path: str):
       'ddim': ('s--', 'undistilled DDIM'),
       'ancestral': ('^:', 'undistilled ancestral'),
   }
+  field = 'fid' if 'feature_network' in results else 'fd'
   for curve, rows in _by_curve(results).items():
     if rows:
       steps = sorted(rows)
       ax.plot(
           steps,
-          [rows[n]['fd'] for n in steps],
+          [rows[n][field] for n in steps],
           styles[curve][0],
           label=styles[curve][1],
       )
-  ax.axhline(
-      results['real_vs_real_fd'],
-      color='gray',
-      lw=1,
-      label='real vs real (floor)',
-  )
+  paper = {int(n): fid for n, fid in results.get('paper_fid', {}).items()}
+  if paper:
+    steps = sorted(paper)
+    ax.plot(
+        steps,
+        [paper[n] for n in steps],
+        'kx',
+        label='distilled, the paper',
+    )
+  if 'real_vs_real_fd' in results:
+    ax.axhline(
+        results['real_vs_real_fd'],
+        color='gray',
+        lw=1,
+        label='real vs real (floor)',
+    )
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
   ax.set_xlabel('sampling steps')
-  ax.set_ylabel('FD (digits classifier features)')
+  ax.set_ylabel(
+      'FID (InceptionV3)'
+      if field == 'fid'
+      else 'FD (digits classifier features)'
+  )
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()
   fig.tight_layout()

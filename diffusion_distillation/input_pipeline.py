@@ -79,6 +79,19 @@ RESIZE_METHODS = {
 }
 
 
+def decode_and_resize(example: dict, *, name: str, image_size: int):
+  """One tfds example, image still encoded -> float32 [image_size,
+  image_size, 3] in [0, 255], cropped and resized as the release did."""
+  image = tf.io.decode_image(
+      example['image'], channels=3, expand_animations=False
+  )
+  if name in RESIZE_METHODS:
+    return resize(central_square_crop(image), image_size, RESIZE_METHODS[name])
+  return tf.cast(
+      tf.ensure_shape(image, [image_size, image_size, 3]), tf.float32
+  )
+
+
 def preprocess(
     example: dict, seed: tf.Tensor, *, name: str, image_size: int
 ) -> dict:
@@ -94,15 +107,7 @@ def preprocess(
   commute with symmetric resize kernels), so every step is a pure function
   testable on decoded images.
   """
-  image = tf.io.decode_image(
-      example['image'], channels=3, expand_animations=False
-  )
-  if name in RESIZE_METHODS:
-    image = resize(central_square_crop(image), image_size, RESIZE_METHODS[name])
-  else:
-    image = tf.cast(
-        tf.ensure_shape(image, [image_size, image_size, 3]), tf.float32
-    )
+  image = decode_and_resize(example, name=name, image_size=image_size)
   label = (
       tf.cast(example['label'], tf.int32)
       if 'label' in example
@@ -146,6 +151,42 @@ def check_prepared(dataset: ml_collections.ConfigDict):
   split cannot be read (it reads no example)."""
   builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
   _train_split(dataset, builder, split='train')
+
+
+def reference_images(
+    dataset: ml_collections.ConfigDict, num_images: int, batch_size: int = 256
+) -> np.ndarray:
+  """The first `num_images` images of the train split in file order, cropped
+  and resized as for training but not flipped, rounded to uint8 [N, S, S,
+  3]: the real images FID is measured against. Every process reads the same
+  images. (tfds writes a split's examples shuffled, so a prefix of ImageNet
+  is a fixed random subset.)
+
+  Raises:
+    errors.InputError when the split holds fewer images.
+  """
+  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
+  ds = _train_split(dataset, builder, split='train', shuffle_files=False)
+  ds = ds.take(num_images).map(
+      lambda example: decode_and_resize(
+          example, name=dataset.name, image_size=dataset.image_size
+      ),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  images = [
+      np.round(np.clip(batch, 0, 255)).astype(np.uint8)
+      for batch in ds.as_numpy_iterator()
+  ]
+  count = sum(len(batch) for batch in images)
+  if count < num_images:
+    raise errors.InputError(
+        f'The {dataset.name} train split holds {count} images, fewer than '
+        f'eval.reference_num_images={num_images}; set it to at most {count}.'
+    )
+  return np.concatenate(images)
 
 
 def stream_seeds(seed: int, step: int, process_index: int) -> tuple:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from scipy import linalg
 from scipy import special
 
 
@@ -42,10 +41,9 @@ def feature_stats(features) -> FeatureStats:
   )
 
 
-def _is_near_singular(cov):
-  # Singular to working precision, as in np.linalg.matrix_rank: then rounding
-  # gives C_a C_b eigenvalues slightly below zero and sqrtm complex output.
-  eigenvalues = np.linalg.eigvalsh(cov)
+def _is_near_singular(eigenvalues):
+  # Singular to working precision (eigenvalues ascending), as in
+  # np.linalg.matrix_rank: then round-off decides the square roots.
   tolerance = eigenvalues[-1] * len(eigenvalues) * np.finfo(np.float64).eps
   return eigenvalues[0] <= tolerance
 
@@ -55,11 +53,18 @@ def frechet_distance(
     stats_b: FeatureStats,
     *,
     eps: float = 1e-6,
-    max_imag_fraction: float = 1e-3,
+    max_negative_fraction: float = 1e-3,
 ) -> float:
   """Fréchet distance between Gaussians N(mu_a, C_a) and N(mu_b, C_b).
 
   ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
+
+  Tr (C_a C_b)^(1/2) is the sum of the square roots of the eigenvalues of
+  C_a C_b, which are those of the symmetric C_a^(1/2) C_b C_a^(1/2): real
+  by construction, and the same value as scipy.linalg.sqrtm's (the ADM
+  evaluator's) to 8e-15 relative at 2048 dimensions
+  (benchmarks/fid_features.py), in no more time (23-36 s against 24-57 s
+  for sqrtm on a shared 2-core machine).
 
   If either covariance is singular to working precision (always so when
   there are no more feature vectors than dimensions), eps * I is added to
@@ -70,16 +75,15 @@ def frechet_distance(
     stats_a: mean [D], cov [D, D].
     stats_b: mean [D], cov [D, D].
     eps: regulariser for near-singular covariances.
-    max_imag_fraction: largest imaginary part of (C_a C_b)^(1/2), relative to
-      its largest real entry, dropped as round-off.
+    max_negative_fraction: largest negative eigenvalue, relative to the
+      largest one, dropped as round-off.
 
   Returns:
     The distance, a float >= 0 (tiny negative round-off is clipped to 0).
 
   Raises:
-    ValueError: if the shapes disagree, or if the square root has a
-      non-negligible imaginary part (a covariance is not positive
-      semi-definite).
+    ValueError: if the shapes disagree, or if a covariance has a
+      non-negligible negative eigenvalue (is not positive semi-definite).
   """
   mean_a, mean_b = (np.asarray(s.mean, np.float64) for s in (stats_a, stats_b))
   cov_a, cov_b = (np.asarray(s.cov, np.float64) for s in (stats_a, stats_b))
@@ -94,25 +98,33 @@ def frechet_distance(
         f'Stats disagree: means {mean_a.shape} and {mean_b.shape}, covariances '
         f'{cov_a.shape} and {cov_b.shape}; expected [D] and [D, D].'
     )
-  if _is_near_singular(cov_a) or _is_near_singular(cov_b):
-    cov_a = cov_a + eps * np.eye(dim)
-    cov_b = cov_b + eps * np.eye(dim)
-  sqrt_product = linalg.sqrtm(cov_a @ cov_b)
-  if np.iscomplexobj(sqrt_product):
-    imag = np.abs(sqrt_product.imag).max()
-    scale = np.abs(sqrt_product.real).max()
-    if imag > max_imag_fraction * scale:
+  values_a, vectors_a = np.linalg.eigh(cov_a)
+  values_b = np.linalg.eigvalsh(cov_b)
+  if _is_near_singular(values_a) or _is_near_singular(values_b):
+    # C + eps I: the same eigenvectors, eigenvalues moved by eps.
+    cov_a, values_a = cov_a + eps * np.eye(dim), values_a + eps
+    cov_b, values_b = cov_b + eps * np.eye(dim), values_b + eps
+
+  def nonnegative(eigenvalues, what):
+    if eigenvalues[0] < -max_negative_fraction * max(eigenvalues[-1], 0.0):
       raise ValueError(
-          f'(C_a C_b)^(1/2) has imaginary part {imag:.3g} against real part '
-          f'{scale:.3g}: a covariance is not positive semi-definite.'
+          f'{what} has eigenvalue {eigenvalues[0]:.3g} against '
+          f'{eigenvalues[-1]:.3g}: a covariance is not positive '
+          'semi-definite.'
       )
-    sqrt_product = sqrt_product.real
+    return np.clip(eigenvalues, 0.0, None)
+
+  nonnegative(values_b, 'C_b')
+  sqrt_a = (vectors_a * np.sqrt(nonnegative(values_a, 'C_a'))) @ vectors_a.T
+  inner = sqrt_a @ cov_b @ sqrt_a
+  inner_values = np.linalg.eigvalsh((inner + inner.T) / 2)
+  trace_sqrt = np.sum(np.sqrt(nonnegative(inner_values, 'C_a C_b')))
   mean_diff = mean_a - mean_b
   distance = (
       mean_diff @ mean_diff
       + np.trace(cov_a)
       + np.trace(cov_b)
-      - 2.0 * np.trace(sqrt_product)
+      - 2.0 * trace_sqrt
   )
   return max(float(distance), 0.0)
 
@@ -155,17 +167,22 @@ def batched_features(
   return np.concatenate(out, axis=0)
 
 
-def inception_score(logits, *, num_splits: int = 10) -> tuple[float, float]:
+def inception_score(
+    logits, *, num_splits: int = 10, split_size: int | None = None
+) -> tuple[float, float]:
   """Inception Score exp(E_x KL(p(y|x) || p(y))) from classifier logits.
 
   As in Salimans et al. (2016), the N examples are cut into num_splits
   near-equal consecutive parts, p(y) is the mean prediction within a part,
   and the score is reported as the mean and (population) standard deviation
-  over the parts.
+  over the parts. With split_size, the parts are consecutive runs of
+  split_size examples instead, the last one shorter if N is not a multiple
+  (the ADM evaluator's 5,000: 10 parts of 50,000 samples, as num_splits=10).
 
   Args:
     logits: [N, K] unnormalised log-probabilities, N >= num_splits.
     num_splits: number of parts.
+    split_size: examples per part; replaces num_splits when given.
 
   Returns:
     (mean, std), floats; the mean lies in [1, K].
@@ -173,7 +190,10 @@ def inception_score(logits, *, num_splits: int = 10) -> tuple[float, float]:
   logits = np.asarray(logits, np.float64)
   if logits.ndim != 2:
     raise ValueError(f'Logits must be [N, K]; got shape {logits.shape}.')
-  if not 1 <= num_splits <= logits.shape[0]:
+  if split_size is not None:
+    if split_size < 1:
+      raise ValueError(f'split_size must be positive; got {split_size}.')
+  elif not 1 <= num_splits <= logits.shape[0]:
     raise ValueError(
         f'num_splits must be in 1..N={logits.shape[0]}; got {num_splits}.'
     )
@@ -182,7 +202,14 @@ def inception_score(logits, *, num_splits: int = 10) -> tuple[float, float]:
   # Log-space throughout: softmax of confident logits underflows to 0.
   log_probs = logits - special.logsumexp(logits, axis=1, keepdims=True)
   scores = []
-  for part in np.array_split(log_probs, num_splits):
+  if split_size is None:
+    parts = np.array_split(log_probs, num_splits)
+  else:
+    parts = [
+        log_probs[start : start + split_size]
+        for start in range(0, len(log_probs), split_size)
+    ]
+  for part in parts:
     log_marginal = special.logsumexp(part, axis=0) - math.log(len(part))
     kl = np.sum(np.exp(part) * (part - log_marginal), axis=1)
     scores.append(math.exp(kl.mean()))

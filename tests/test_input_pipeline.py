@@ -138,6 +138,24 @@ def test_each_process_reads_its_own_split_and_order():
   assert not np.array_equal(orders[0], orders[1])  # seeded by process index
 
 
+@pytest.mark.parametrize('name', ['cifar10', 'imagenet2012'])
+def test_reference_images_are_the_split_in_order_unflipped(name):
+  size = DATASETS[name][0]
+  config = _dataset_config(name)
+  with tfds.testing.mock_data(num_examples=12):
+    images = input_pipeline.reference_images(config, 10, batch_size=4)
+    again = input_pipeline.reference_images(config, 10, batch_size=8)
+    first = next(
+        iter(tfds.load(name, split='train', shuffle_files=False).take(1))
+    )
+    with pytest.raises(errors.InputError, match='holds 12 images, fewer than'):
+      input_pipeline.reference_images(config, 13)
+  assert images.shape == (10, size, size, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(images, again)
+  if name == 'cifar10':  # stored at its size: the pixels as they are
+    np.testing.assert_array_equal(images[0], first['image'].numpy())
+
+
 def test_central_square_crop_on_non_square_images():
   tall = tf.reshape(tf.range(6 * 3), [6, 3, 1])
   # Long side 6, short 3: rows from 6 // 2 - 3 // 2 = 2, as the release.

@@ -201,6 +201,24 @@ def test_inception_score_matches_direct_computation():
   np.testing.assert_allclose(shifted, (mean, std), rtol=1e-10)
 
 
+def test_inception_score_in_parts_of_a_size_as_the_adm_evaluator():
+  # The ADM evaluator: parts of split_size consecutive samples, the last
+  # shorter, p(y) within each part, the mean of exp(mean KL) over parts.
+  logits = 3.0 * np.random.default_rng(8).normal(size=(23, 7))
+  probs = special.softmax(logits, axis=1)
+  scores = []
+  for start in range(0, 23, 10):
+    part = probs[start : start + 10]
+    kl = part * (np.log(part) - np.log(part.mean(axis=0, keepdims=True)))
+    scores.append(np.exp(np.mean(np.sum(kl, axis=1))))
+  mean, _ = metrics.inception_score(logits, split_size=10)
+  assert mean == pytest.approx(np.mean(scores), rel=1e-10)
+  # Equal parts: the same as num_splits.
+  assert metrics.inception_score(logits[:20], split_size=10) == pytest.approx(
+      metrics.inception_score(logits[:20], num_splits=2), rel=1e-12
+  )
+
+
 # ----------------------------------------------------------------------------
 # MSE and PSNR
 
