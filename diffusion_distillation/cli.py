@@ -85,6 +85,13 @@ def _quiet_excepthook(kind, error, trace):
     sys.__excepthook__(kind, error, trace)
 
 
+def _quiet_unraisablehook(unraisable):
+  # The same echo, when TensorStore's C++ threads post it: Python reports
+  # those through sys.unraisablehook ("Exception ignored in: None").
+  if not _is_closed_loop_echo(unraisable.exc_value):
+    sys.__unraisablehook__(unraisable)
+
+
 def quiet_start():
   """Imports TensorFlow without the INFO lines its C++ core prints at load
   time (oneDNN, CPU instructions), which no environment variable silences
@@ -94,6 +101,7 @@ def quiet_start():
     import tensorflow  # noqa: F401
   logging.get_absl_handler().addFilter(_QuietLibraries())
   sys.excepthook = _quiet_excepthook
+  sys.unraisablehook = _quiet_unraisablehook
 
 
 def exit_on_bad_input(error: errors.InputError):
