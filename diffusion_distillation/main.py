@@ -49,6 +49,13 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, 0..num_processes-1 (with --distributed).'
 )
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices',
+    None,
+    'When JAX runs on the CPU, split its cores into this many data-parallel '
+    'devices (default: 2 with two cores or more; 1 with --distributed). '
+    'Ignored on GPU and TPU.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -76,18 +83,23 @@ def _initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  _initialize_distributed()
-  cli.quiet_start()
-  if jax.process_index() > 0:
-    # Every process runs the same loop; process 0 speaks for all of them.
-    logging.set_verbosity(logging.WARNING)
-  logging.info(
-      'JAX process %d/%d, local devices: %s',
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_devices(),
-  )
   with cli.one_line_errors():
+    cli.split_cpu(
+        _CPU_DEVICES.value
+        if _CPU_DEVICES.value is not None
+        else (1 if _DISTRIBUTED.value else cli.DEFAULT_CPU_DEVICES)
+    )
+    _initialize_distributed()
+    cli.quiet_start()
+    if jax.process_index() > 0:
+      # Every process runs the same loop; process 0 speaks for all of them.
+      logging.set_verbosity(logging.WARNING)
+    logging.info(
+        'JAX process %d/%d, local devices: %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_devices(),
+    )
     config = cli.loaded_config(_CONFIG, sys.argv)
     pipeline.run_mode(config, _WORKDIR.value, _MODE.value)
 

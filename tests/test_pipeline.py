@@ -112,7 +112,14 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   pipeline.run_mode(tiny_config(**overrides), reference, 'distill')
 
   resumed = str(tmp_path / 'resumed')
-  flags = [f'--config={TEST_CONFIG}', f'--workdir={resumed}', '--mode=distill']
+  # One CPU device, as the in-process reference (two would reassociate the
+  # batch mean).
+  flags = [
+      f'--config={TEST_CONFIG}',
+      f'--workdir={resumed}',
+      '--mode=distill',
+      '--cpu_devices=1',
+  ]
   flags += [f'--config.{k}={v}' for k, v in overrides.items()]
   proc = subprocess.Popen(
       [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
