@@ -72,12 +72,21 @@ def _run_to_end(workdir) -> float:
   return time.time() - start
 
 
-def _writing(workdir) -> bool:
-  return bool(glob.glob(os.path.join(workdir, '*', '*orbax-checkpoint-tmp*')))
+def _write_folders(workdir) -> set:
+  """(path, inode) of every orbax temporary folder: a write in progress, or
+  one that an earlier kill left behind."""
+  found = set()
+  for path in glob.glob(os.path.join(workdir, '*', '*orbax-checkpoint-tmp*')):
+    try:
+      found.add((path, os.stat(path).st_ino))
+    except FileNotFoundError:  # finished or cleaned meanwhile
+      pass
+  return found
 
 
 def _kill_once(workdir, *, at_write: bool, delay: float, deadline: float):
   """Starts the command and SIGKILLs it; returns (killed, exit status)."""
+  left_behind = _write_folders(workdir)  # not a write of this run
   process = subprocess.Popen(
       _command(workdir),
       cwd=timing.REPO,
@@ -86,7 +95,7 @@ def _kill_once(workdir, *, at_write: bool, delay: float, deadline: float):
   )
   start = time.time()
   while process.poll() is None and time.time() < start + deadline:
-    if (at_write and _writing(workdir)) or (
+    if (at_write and _write_folders(workdir) - left_behind) or (
         not at_write and time.time() >= start + delay
     ):
       process.send_signal(signal.SIGKILL)
