@@ -17,6 +17,8 @@ from diffusion_distillation import config_checks
 from diffusion_distillation import data
 from diffusion_distillation import errors
 from diffusion_distillation import evaluation
+from diffusion_distillation import guided
+from diffusion_distillation import guided_evaluation
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
 from diffusion_distillation import sharding
@@ -24,6 +26,9 @@ from diffusion_distillation import steps
 from diffusion_distillation import trainer as trainer_lib
 
 MODES = ('train', 'distill', 'sample', 'eval', 'all')
+# Guided configs (a guidance section): 'guide' is stage one, between the
+# teacher and the rounds; see guided.py.
+GUIDED_MODES = ('train', 'guide', 'distill', 'sample', 'eval', 'all')
 
 
 def round_step_counts(config: ml_collections.ConfigDict) -> list:
@@ -292,8 +297,11 @@ def train_teacher(run: Run):
 
 
 def _first_teacher(run: Run):
-  """The first round's teacher: distill.teacher_checkpoint or models/0."""
+  """The first round's teacher: distill.teacher_checkpoint or models/0
+  (for a guided config: the stage-one model)."""
   config = run.config
+  if network_lib.is_guided(config) and not config.distill.teacher_checkpoint:
+    return guided.first_teacher(run)
   path = config.distill.teacher_checkpoint or run.workdir
   if not config.distill.teacher_checkpoint and 0 not in (
       checkpoints.saved_models(run.workdir)
@@ -464,17 +472,39 @@ _PHASES_OF_MODE = {
 }
 
 
+_GUIDED_PHASES_OF_MODE = {
+    'train': (train_teacher,),
+    'guide': (guided.guide,),
+    'distill': (distill,),
+    'sample': (guided.sample,),
+    'eval': (guided_evaluation.evaluate,),
+    'all': (train_teacher, guided.guide, distill, guided.sample),
+}
+
+
 def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
-  """Runs `mode` ('train' | 'distill' | 'sample' | 'eval' | 'all') in
-  `workdir`; 'all' is train, distill and sample. Returns {phase: seconds}."""
-  if mode not in MODES:
+  """Runs `mode` ('train' | 'distill' | 'sample' | 'eval' | 'all', and
+  'guide' for guided configs) in `workdir`; 'all' is train, (guide,)
+  distill and sample. Returns {phase: seconds}."""
+  is_guided = network_lib.is_guided(config)
+  modes, phases = (
+      (GUIDED_MODES, _GUIDED_PHASES_OF_MODE)
+      if is_guided
+      else (MODES, _PHASES_OF_MODE)
+  )
+  if mode == 'guide' and not is_guided:
     raise errors.InputError(
-        f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.'
+        '--mode=guide is stage one of guided distillation: it needs a guided '
+        'config (one with a guidance section), e.g. configs/digits_guided.py.'
+    )
+  if mode not in modes:
+    raise errors.InputError(
+        f'Unknown --mode={mode!r}; choose one of {", ".join(modes)}.'
     )
   run = Run(config, workdir)
   run.record_config()
   timings = {}
-  for phase in _PHASES_OF_MODE[mode]:
+  for phase in phases[mode]:
     start = time.time()
     phase(run)
     timings[phase.__name__] = time.time() - start
