@@ -17,6 +17,7 @@ import os
 import time
 
 import jax
+import orbax.checkpoint as ocp
 from absl import logging
 
 from diffusion_distillation import checkpoints
@@ -34,6 +35,16 @@ def stage_one_dir(workdir: str) -> str:
 
 def has_stage_one_model(workdir: str) -> bool:
   return (files.as_path(stage_one_dir(workdir)) / '0').is_dir()
+
+
+def stage_one_meta(workdir: str) -> dict:
+  """The JSON metadata saved with the stage-one model (e.g. 'seconds')."""
+  mngr = checkpoints.manager(stage_one_dir(workdir), max_to_keep=None)
+  meta = mngr.restore(0, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+      'meta'
+  ]
+  mngr.close()
+  return meta
 
 
 def teacher_abstract_params(run):

@@ -209,3 +209,41 @@ def test_guidance_on_an_unguided_config_is_refused():
   )
   with pytest.raises(ValueError, match='needs a guided config'):
     sampler.sample({}, num_steps=1, num_samples=1, guidance=1.0)
+
+
+@pytest.mark.slow
+def test_guided_benchmark_smoke_reuses_a_trained_workdir(
+    guided_workdir, tmp_path
+):
+  workdir, _, _ = guided_workdir
+  result = run_python([
+      '-m',
+      'benchmarks.guided_quality',
+      '--smoke',
+      f'--workdir={workdir}',
+      f'--out={tmp_path}',
+      '--timing_repeats=1',
+  ])
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(tmp_path / 'guided_quality_smoke.json') as f:
+    summary = json.load(f)
+  assert summary['variant'] == 'smoke' and summary['commit']
+  training = summary['training']
+  assert training['teacher_seconds'] > 0 and training['stage_one_seconds'] > 0
+  assert set(training['distill_round_seconds']) == {'1', '2'}
+  # The tiny run has no 4-step student: those targets are not measured.
+  targets = summary['targets']
+  assert targets['student_4_over_best_teacher_fd_w1']['met'] is None
+  assert targets['accuracy_rise_w2_over_w0']['measured'] is not None
+  timing = summary['sampling_times']
+  assert timing['samplers']['student_1']['network_evaluations_per_sample'] == 1
+  assert timing['samplers']['guided_ddim_4'][
+      'network_evaluations_per_sample'
+  ] == (8)
+  speedup = timing['speedups']['student_1_vs_guided_ddim_4']
+  assert speedup['measured'] == pytest.approx(
+      timing['samplers']['guided_ddim_4']['seconds']
+      / timing['samplers']['student_1']['seconds']
+  )
+  for suffix in ('png', 'md'):
+    assert (tmp_path / f'guided_quality_smoke.{suffix}').stat().st_size > 0
