@@ -527,3 +527,25 @@ def test_bad_guided_configs_are_refused(overrides, message):
   config = _guided_config(**overrides)
   with pytest.raises(errors.InputError, match=message):
     config_checks.check_config(config, num_devices=2)
+
+
+def test_imagenet64_guided_is_the_release_network_plus_null_class_and_w():
+  from configs import imagenet64_guided
+
+  config = imagenet64_guided.get_config()
+  count = lambda guidance_embedding: sum(
+      leaf.size
+      for leaf in jax.tree_util.tree_leaves(
+          network_lib.abstract_params(
+              network_lib.build_network(
+                  config, dropout=0.0, guidance_embedding=guidance_embedding
+              ),
+              config,
+          )
+      )
+  )
+  released = 295_905_222  # tests/test_unet.py, pinned
+  emb_ch, ch = config.model.emb_ch, config.model.ch
+  assert count(False) == released + emb_ch  # the null class's row
+  w_embedding = (ch * emb_ch + emb_ch) + (emb_ch * emb_ch + emb_ch)
+  assert count(True) == released + emb_ch + w_embedding
