@@ -333,40 +333,51 @@ def markdown_table(results: dict) -> str:
 
 
 def plot_against_w(results: dict, path: str):
-  """Accuracy and FD against w, a line per (sampler, step count)."""
-  fig = figure.Figure(figsize=(11, 4.2), dpi=120)
-  ax_acc, ax_fd = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-  styles = {
-      'teacher ddim': '--',
-      'teacher ancestral': ':',
-      'stage one ddim': '-.',
-      'student ddim': '-',
-      'student stochastic': (0, (1, 1)),
-  }
-  markers = {1: 'o', 2: 's', 4: '^', 8: 'D'}
-  colors = {}
-  for curve, by_steps in _curves(results).items():
-    for steps in sorted(by_steps):
-      rows = by_steps[steps]
-      ws = sorted(rows)
-      color = colors.setdefault(steps, f'C{len(colors) % 10}')
-      kwargs = dict(
-          linestyle=styles.get(curve, '-'),
-          marker=markers.get(steps, '.'),
-          color=color,
-          label=f'{curve} {steps}',
-      )
-      ax_acc.plot(ws, [rows[w]['class_accuracy'] for w in ws], **kwargs)
-      ax_fd.plot(ws, [rows[w]['fd'] for w in ws], **kwargs)
-  ax_fd.axhline(
-      results['real_vs_real_fd'], color='gray', lw=1, label='real vs real'
+  """Accuracy (top) and FD (bottom) against w, one column per student step
+  count N: the N-step student with DDIM and the stochastic sampler,
+  undistilled guided DDIM in N steps, and the guided teacher at
+  reference_num_steps (the same line in every column)."""
+  curves = _curves(results)
+  student_steps = sorted(
+      set(curves.get('student ddim', {}))
+      | set(curves.get('student stochastic', {}))
+  ) or sorted(curves.get('teacher ddim', {}))
+  columns = len(student_steps)
+  fig = figure.Figure(figsize=(3.2 * columns, 5.6), dpi=120)
+  axes = fig.subplots(2, columns, squeeze=False, sharex=True)
+  reference = results.get('reference_num_steps')
+  lines = (  # (curve, step count or None for the reference, style, label)
+      ('teacher ddim', None, ('k', '--', '.'), f'guided DDIM {reference}'),
+      ('teacher ddim', 'n', ('C3', ':', 's'), 'guided DDIM, same steps'),
+      ('student ddim', 'n', ('C0', '-', 'o'), 'student, DDIM'),
+      ('student stochastic', 'n', ('C2', '-.', '^'), 'student, stochastic'),
   )
-  ax_fd.set_yscale('log')
-  for ax, label in ((ax_acc, 'classifier accuracy'), (ax_fd, 'FD')):
-    ax.set_xlabel('guidance strength w')
-    ax.set_ylabel(label)
-    ax.grid(True, which='both', alpha=0.3)
-  ax_fd.legend(fontsize=6, ncol=2)
+  for column, n in enumerate(student_steps):
+    for curve, steps, (color, style, marker), label in lines:
+      rows = curves.get(curve, {}).get(reference if steps is None else n)
+      if not rows:
+        continue
+      ws = sorted(rows)
+      for row_index, field in enumerate(('class_accuracy', 'fd')):
+        axes[row_index][column].plot(
+            ws,
+            [rows[w][field] for w in ws],
+            color=color,
+            linestyle=style,
+            marker=marker,
+            label=label,
+        )
+    axes[0][column].set_title(f'{n} step{"s" if n > 1 else ""}')
+    axes[1][column].axhline(
+        results['real_vs_real_fd'], color='gray', lw=1, label='real vs real'
+    )
+    axes[1][column].set_yscale('log')
+    axes[1][column].set_xlabel('guidance strength w')
+    for ax in axes[:, column]:
+      ax.grid(True, which='both', alpha=0.3)
+  axes[0][0].set_ylabel('classifier accuracy')
+  axes[1][0].set_ylabel('FD (digits classifier features)')
+  axes[1][0].legend(fontsize=7)
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format='png')
