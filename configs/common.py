@@ -117,3 +117,32 @@ def get_config():
 
   config.log_every_steps = 100
   return config
+
+
+def add_guided_distillation(config):
+  """The sections of guided distillation (Meng et al. 2023), added to a
+  class-conditional config; see docs/guided.md. The teacher (`train`)
+  learns with classifier-free guidance; `guide` is stage one (a
+  w-conditioned student matched to the guided teacher in continuous time);
+  `distill` is stage two, its rounds as in every config."""
+  config.guidance = dict(
+      p_uncond=_required(float),  # teacher: P(label -> null label)
+      # Stages one and two draw w ~ U[w_min, w_max] per example.
+      w_min=0.0,
+      w_max=_required(float),
+  )
+  config.guide = dict(  # stage one: --mode=guide
+      num_steps=_required(int),
+      batch_size=_required(int),
+      substeps=10,
+      learning_rate=_required(float),  # decays linearly to 0 over num_steps
+      warmup_steps=0,
+      weight_decay=0.0,
+      ema_decay=0.0,  # as the rounds: the student is its own EMA
+      ema_schedule='constant',
+      dropout=0.0,
+      skip_nonfinite_updates=False,
+      max_skipped_fraction=0.1,
+  )
+  config.sample.guidance = _required(float)  # w of --mode=sample and grids
+  return config

@@ -159,7 +159,44 @@ def check_config(
   check_checkpointing(config.checkpoint)
   if 'eval' in config:
     check_eval(config.eval, num_devices)
+  if 'guidance' in config:
+    check_guidance(config, num_devices)
   return config
+
+
+def check_guidance(config: ml_collections.ConfigDict, num_devices: int):
+  """A guided config (configs/common.add_guided_distillation)."""
+  guidance, guide = config.guidance, config.guide
+  if not config.dataset.class_conditional:
+    raise errors.InputError(
+        'Classifier-free guidance needs labels: set '
+        'dataset.class_conditional=True, or drop the guidance section.'
+    )
+  if not 0.0 < guidance.p_uncond < 1.0:
+    raise errors.InputError(
+        f'guidance.p_uncond={guidance.p_uncond}: the teacher needs both '
+        'conditional and unconditional examples; use 0 < p_uncond < 1 '
+        '(0.1-0.2 is usual).'
+    )
+  if not guidance.w_min <= guidance.w_max:
+    raise errors.InputError(
+        f'guidance.w_min={guidance.w_min} > w_max={guidance.w_max}; swap them.'
+    )
+  check_batch(guide.batch_size, num_devices, 'guide')
+  try:
+    train_state.check_ema_schedule(guide.ema_schedule)
+  except ValueError as e:
+    raise errors.InputError(f'guide: {e}') from None
+  if guide.substeps < 1 or guide.num_steps % guide.substeps:
+    raise errors.InputError(
+        f'guide: {guide.num_steps} steps are not a multiple of substeps='
+        f'{guide.substeps}; make them one.'
+    )
+  if 'eval' in config and not config.eval.get('guidance'):
+    raise errors.InputError(
+        'eval.guidance is empty: give the guidance strengths to evaluate, '
+        "e.g. --config.eval.guidance='(0.0,1.0)'."
+    )
 
 
 def check_checkpointing(every: ml_collections.ConfigDict):

@@ -351,7 +351,10 @@ def denoising_loss(
 
   Without a teacher this is the teacher's training loss (targets are the true
   x and eps). With `teacher_fn` it is the distillation loss for a student of
-  `num_steps` steps (targets from `distillation_target`).
+  `num_steps` steps (targets from `distillation_target`), or with
+  num_steps=0 a continuous-time student's loss against the teacher's own
+  x prediction at the same z (stage one of guided distillation, where the
+  teacher is the guided combination).
   """
   rng_time, rng_noise = jax.random.split(rng)
   u, step_index = sample_time(rng_time, x.shape[0], num_steps=num_steps)
@@ -362,9 +365,10 @@ def denoising_loss(
     target = Prediction(
         x=x, eps=eps, v=v_from_x_eps(x=x, eps=eps, logsnr=logsnr)
     )
+  elif isinstance(num_steps, int) and num_steps == 0:
+    x_target = jax.lax.stop_gradient(teacher_fn(z, logsnr).x)
+    target = prediction_from_x(z=z, x=x_target, logsnr=logsnr)
   else:
-    if isinstance(num_steps, int) and num_steps < 1:
-      raise ValueError('Distillation needs a discrete student: num_steps >= 1.')
     x_target = distillation_target(
         teacher_fn,
         z=z,
@@ -519,6 +523,57 @@ def ancestral_sample(
         noise=noise,
         variance=variance,
     )
+    return jnp.where(i == 0, pred.x, z_s)
+
+  return jax.lax.fori_loop(0, num_steps, body, z_init)
+
+
+def renoise(z_s, *, logsnr_s, logsnr_t, noise):
+  """A draw from the forward process q(z_t | z_s) for t > s (logsnr_t <
+  logsnr_s): (alpha_t / alpha_s) z_s + sigma_{t|s} noise, with
+  sigma_{t|s}^2 = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2
+  = sigma_t^2 (1 - SNR_t / SNR_s)."""
+  logsnr_s = broadcast_from_left(logsnr_s, z_s.shape)
+  logsnr_t = broadcast_from_left(logsnr_t, z_s.shape)
+  alpha_s, _ = alpha_sigma(logsnr_s)
+  alpha_t, sigma_t = alpha_sigma(logsnr_t)
+  std = sigma_t * jnp.sqrt(-jnp.expm1(logsnr_t - logsnr_s))
+  return (alpha_t / alpha_s) * z_s + std * noise
+
+
+def stochastic_sample(
+    denoise_fn: DenoiseFn,
+    *,
+    rng,
+    z_init,
+    num_steps: int,
+    logsnr_schedule: schedules.LogSNRSchedule,
+):
+  """The stochastic N-step sampler of Meng et al. 2023 for distilled models.
+
+  From t = (i + 1) / N, one deterministic DDIM step of twice the length, to
+  (i - 1) / N, then back to i / N through the forward process with fresh
+  noise from fold_in(rng, i); the last step (i = 0) is deterministic and
+  returns the x prediction. The first of the double steps ends at t = 0,
+  where DDIM returns the x prediction itself. N network evaluations, as
+  DDIM; with N = 1 it is DDIM.
+  """
+
+  def body(k, z_t):
+    i = num_steps - 1 - k
+    batch = z_t.shape[0]
+    logsnr_t, logsnr_s = _step_logsnrs(i, num_steps, logsnr_schedule, batch)
+    # The end of the double step: (i - 1) / N, clamped at t = 0 for i = 0,
+    # whose result is not used.
+    logsnr_end = jnp.full(
+        (batch,),
+        logsnr_schedule(jnp.maximum(i - 1, 0).astype(jnp.float32) / num_steps),
+        jnp.float32,
+    )
+    pred = denoise_fn(z_t, logsnr_t)
+    z_end = jnp.where(i == 1, pred.x, ddim_step(pred, logsnr_s=logsnr_end))
+    noise = jax.random.normal(jax.random.fold_in(rng, i), z_t.shape, z_t.dtype)
+    z_s = renoise(z_end, logsnr_s=logsnr_end, logsnr_t=logsnr_s, noise=noise)
     return jnp.where(i == 0, pred.x, z_s)
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)

@@ -28,7 +28,10 @@ _WORKDIR = flags.DEFINE_string(
     'Directory for checkpoints, samples and logs; re-use it to resume.',
 )
 _MODE = flags.DEFINE_string(
-    'mode', 'all', f'One of {", ".join(pipeline.MODES)}.'
+    'mode',
+    'all',
+    f'One of {", ".join(pipeline.MODES)}; with a guided config also guide '
+    '(stage one, between train and distill).',
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed',

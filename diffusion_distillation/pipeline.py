@@ -18,6 +18,8 @@ from diffusion_distillation import data
 from diffusion_distillation import errors
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
+from diffusion_distillation import guided
+from diffusion_distillation import guided_evaluation
 from diffusion_distillation import health
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
@@ -26,6 +28,9 @@ from diffusion_distillation import trainer as trainer_lib
 from diffusion_distillation import workdir_lock
 
 MODES = ('train', 'distill', 'sample', 'eval', 'all')
+# Guided configs (a guidance section): 'guide' is stage one, between the
+# teacher and the rounds; see guided.py.
+GUIDED_MODES = ('train', 'guide', 'distill', 'sample', 'eval', 'all')
 
 _MISSING_TEACHER = (
     'Missing teacher checkpoint: {workdir}/models/0 does not exist; run '
@@ -103,21 +108,35 @@ class Run:
           "run's)."
       )
     models = checkpoints.saved_models(self.workdir)
-    if mode in ('train', 'distill', 'all'):
+    if mode in ('train', 'guide', 'distill', 'all'):
       name = self.config.dataset.name
       if name not in data.IN_MEMORY_DATASETS:
         from diffusion_distillation import input_pipeline
 
         input_pipeline.check_prepared(self.config.dataset)
+    guided_config = network_lib.is_guided(self.config)
+    if mode == 'guide' and not (
+        0 in models or guided.has_stage_one_model(self.workdir)
+    ):
+      raise errors.InputError(
+          f'Missing guided teacher: {self.workdir}/models/0 does not exist; '
+          'run --mode=train first.'
+      )
     if mode == 'distill':
       counts = round_step_counts(self.config)
       teacher = self.config.distill.teacher_checkpoint
-      if (
-          not all(n in models for n in counts)
-          and not teacher
-          and (0 not in models)
-      ):
-        raise errors.InputError(_MISSING_TEACHER.format(workdir=self.workdir))
+      first = (
+          guided.has_stage_one_model(self.workdir)
+          if guided_config
+          else 0 in models
+      )
+      if not all(n in models for n in counts) and not teacher and not first:
+        raise errors.InputError(
+            f'Missing stage-one model: {self.workdir}/{guided.STAGE_ONE_DIR}/0 '
+            'does not exist; run --mode=guide first.'
+            if guided_config
+            else _MISSING_TEACHER.format(workdir=self.workdir)
+        )
       if teacher:
         checkpoints.resolve_model_path(teacher)
     if mode == 'sample' and not models:
@@ -126,7 +145,9 @@ class Run:
           'distill) first.'
       )
     if mode == 'eval':
-      evaluation.check_can_evaluate(self.config, self.workdir)
+      (guided_evaluation if guided_config else evaluation).check_can_evaluate(
+          self.config, self.workdir
+      )
 
   @property
   def writer(self):
@@ -255,7 +276,8 @@ class Run:
     health.py): a non-finite state is never saved or returned.
 
     Args:
-      section: 'train' or 'distill' (config section and metric prefix).
+      section: 'train', 'guide' or 'distill' (config section and metric
+        prefix).
       state: TrainState to continue from.
       num_updates: optimizer steps in this phase (a multiple of substeps).
       run_step: (state, batch) -> (state, metrics).
@@ -399,8 +421,11 @@ def _write_missing_grid(run: Run, model_steps: int, num_steps: int, name):
 
 
 def _first_teacher(run: Run):
-  """The first round's teacher: distill.teacher_checkpoint or models/0."""
+  """The first round's teacher: distill.teacher_checkpoint or models/0
+  (for a guided config: the stage-one model)."""
   config = run.config
+  if network_lib.is_guided(config) and not config.distill.teacher_checkpoint:
+    return guided.first_teacher(run)
   path = config.distill.teacher_checkpoint or run.workdir
   if not config.distill.teacher_checkpoint and 0 not in (
       checkpoints.saved_models(run.workdir)
@@ -581,12 +606,34 @@ _PHASES_OF_MODE = {
 }
 
 
+_GUIDED_PHASES_OF_MODE = {
+    'train': (train_teacher,),
+    'guide': (guided.guide,),
+    'distill': (distill,),
+    'sample': (guided.sample,),
+    'eval': (guided_evaluation.evaluate,),
+    'all': (train_teacher, guided.guide, distill, guided.sample),
+}
+
+
 def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
-  """Runs `mode` ('train' | 'distill' | 'sample' | 'eval' | 'all') in
-  `workdir`; 'all' is train, distill and sample. Returns {phase: seconds}."""
-  if mode not in MODES:
+  """Runs `mode` ('train' | 'distill' | 'sample' | 'eval' | 'all', and
+  'guide' for guided configs) in `workdir`; 'all' is train, (guide,)
+  distill and sample. Returns {phase: seconds}."""
+  is_guided = network_lib.is_guided(config)
+  modes, phases = (
+      (GUIDED_MODES, _GUIDED_PHASES_OF_MODE)
+      if is_guided
+      else (MODES, _PHASES_OF_MODE)
+  )
+  if mode == 'guide' and not is_guided:
     raise errors.InputError(
-        f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.'
+        '--mode=guide is stage one of guided distillation: it needs a guided '
+        'config (one with a guidance section), e.g. configs/digits_guided.py.'
+    )
+  if mode not in modes:
+    raise errors.InputError(
+        f'Unknown --mode={mode!r}; choose one of {", ".join(modes)}.'
     )
   run = Run(config, workdir)
   run.preflight(mode)
@@ -594,7 +641,7 @@ def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
   with workdir_lock.WorkdirLock(workdir):
     run.record_config()
     try:
-      for phase in _PHASES_OF_MODE[mode]:
+      for phase in phases[mode]:
         start = time.time()
         phase(run)
         timings[phase.__name__] = time.time() - start

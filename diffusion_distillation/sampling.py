@@ -3,6 +3,12 @@
 `samples_<N>.npz` holds `arr_0`, uint8 [num, H, W, C], and for
 class-conditional models `arr_1`, int32 labels: the layout the widely used
 ADM FID evaluator reads.
+
+Methods: 'ddim', 'ancestral' (sample.logvar_type) and 'stochastic' (the
+N-step sampler of Meng et al. 2023 for distilled students). A guided config
+samples at guidance strength w: its teacher (parameters without a
+w-embedding) with classifier-free guidance, two network evaluations per
+step; its w-conditioned students with w as an input, one evaluation.
 """
 
 import io
@@ -15,16 +21,19 @@ from PIL import Image
 from diffusion_distillation import data
 from diffusion_distillation import diffusion
 from diffusion_distillation import files
+from diffusion_distillation import guidance as guidance_lib
+from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
 from diffusion_distillation import sharding
 from diffusion_distillation import unet
 
-METHODS = ('ddim', 'ancestral')
+METHODS = ('ddim', 'ancestral', 'stochastic')
 GRID_SIZE = 100  # samples shown in a .png grid
 
 
 class Sampler:
-  """Samples from a network's parameters; compiles once per step count."""
+  """Samples from a network's parameters; compiles once per step count and
+  method (and, for guided configs, kind of model; w is an argument)."""
 
   def __init__(
       self,
@@ -39,26 +48,52 @@ class Sampler:
     self._batch_size = batch_size or config.sample.batch_size
     self._compiled = {}
 
-  def _compiled_for(self, num_steps: int, method: str):
+  def _denoise_fn(self, params, labels, w, guided: str | None):
+    """denoise_fn(z, logsnr); `guided`: None, 'cfg' (the guided teacher) or
+    'input' (a w-conditioned model)."""
+    model, sample = self._config.model, self._config.sample
+    if guided == 'cfg':
+      return guidance_lib.make_guided_denoise_fn(
+          lambda z, logsnr, y: self._network.apply(
+              {'params': params}, z, logsnr, y, train=False
+          ),
+          labels=labels,
+          null_label=self._config.dataset.num_classes,
+          w=w,
+          mean_type=model.mean_type,
+          clip_x=sample.clip_x,
+      )
+    kwargs = {'w': w} if guided == 'input' else {}
+    model_fn = lambda z, logsnr: self._network.apply(
+        {'params': params}, z, logsnr, labels, train=False, **kwargs
+    )
+    return diffusion.make_denoise_fn(
+        model_fn, mean_type=model.mean_type, clip_x=sample.clip_x
+    )
+
+  def _compiled_for(self, num_steps: int, method: str, guided: str | None):
     if method not in METHODS:
       raise ValueError(
           f'Unknown sampling method {method!r}; choose one of {METHODS}.'
       )
-    key = (num_steps, method)
+    key = (num_steps, method, guided)
     if key not in self._compiled:
       model, sample = self._config.model, self._config.sample
       schedule = schedules.get_logsnr_schedule(**model.logsnr_schedule)
 
-      def run(params, z, labels, rng):
-        model_fn = lambda z, logsnr: self._network.apply(
-            {'params': params}, z, logsnr, labels, train=False
-        )
-        denoise = diffusion.make_denoise_fn(
-            model_fn, mean_type=model.mean_type, clip_x=sample.clip_x
-        )
+      def run(params, z, labels, rng, w):
+        denoise = self._denoise_fn(params, labels, w, guided)
         if method == 'ddim':
           return diffusion.ddim_sample(
               denoise, z_init=z, num_steps=num_steps, logsnr_schedule=schedule
+          )
+        if method == 'stochastic':
+          return diffusion.stochastic_sample(
+              denoise,
+              rng=rng,
+              z_init=z,
+              num_steps=num_steps,
+              logsnr_schedule=schedule,
           )
         return diffusion.ancestral_sample(
             denoise,
@@ -73,9 +108,24 @@ class Sampler:
       shard = sharding.sample_sharding(self._mesh)
       # Replicated samples: every process can read them (the gather is small).
       self._compiled[key] = jax.jit(
-          run, in_shardings=(rep, shard, shard, rep), out_shardings=rep
+          run, in_shardings=(rep, shard, shard, rep, rep), out_shardings=rep
       )
     return self._compiled[key]
+
+  def _guidance(self, params, guidance: float | None):
+    """(kind of model, w) for `params`: (None, 0) unless the config is
+    guided; then w defaults to sample.guidance."""
+    if not network_lib.is_guided(self._config):
+      if guidance:
+        raise ValueError(
+            f'guidance={guidance} needs a guided config (one with a guidance '
+            'section, e.g. configs/digits_guided.py).'
+        )
+      return None, 0.0
+    if guidance is None:
+      guidance = self._config.sample.guidance
+    kind = 'input' if network_lib.has_guidance_embedding(params) else 'cfg'
+    return kind, float(guidance)
 
   def noise(self, num_samples: int, seed: int) -> np.ndarray:
     """Starting noise N(0, I); fixed by the seed, shared by every model."""
@@ -99,17 +149,22 @@ class Sampler:
       seed: int = 0,
       method: str = 'ddim',
       z: np.ndarray | None = None,
+      guidance: float | None = None,
   ):
     """Samples x in [-1, 1], [num_samples, H, W, C] float32 (NumPy).
 
-    `method` is 'ddim' or 'ancestral' (with sample.logvar_type); `z` the
-    starting noise, by default `noise(num_samples, seed)`.
+    `method` is 'ddim', 'ancestral' (with sample.logvar_type) or
+    'stochastic'; `z` the starting noise, by default
+    `noise(num_samples, seed)`; `guidance` the guidance strength w of a
+    guided config (default sample.guidance).
     """
     batch_size = self._batch_size
     z = self.noise(num_samples, seed) if z is None else z
     if labels is None:
       labels = np.zeros((num_samples,), np.int32)
-    run = self._compiled_for(num_steps, method)
+    guided, w = self._guidance(params, guidance)
+    run = self._compiled_for(num_steps, method, guided)
+    w = sharding.replicate(np.float32(w), self._mesh)
     rng = jax.random.key(seed + 1)
     out = []
     for start in range(0, num_samples, batch_size):
@@ -126,6 +181,7 @@ class Sampler:
           sharding.global_array(z_batch, shard),
           sharding.global_array(y_batch, shard),
           jax.random.fold_in(rng, start),
+          w,
       )
       out.append(np.asarray(x)[: batch_size - pad])
     return np.concatenate(out, axis=0)

@@ -1,7 +1,8 @@
 """One builder for a training phase: network, optimizer, compiled step, state.
 
-Teacher training ('train') and every distillation round ('distill') run the
-same sequence: build the network with the phase's dropout, the optimizer
+Teacher training ('train'), every distillation round ('distill') and, for
+guided configs, stage one of guided distillation ('guide') run the same
+sequence: build the network with the phase's dropout, the optimizer
 with its learning-rate schedule, the step's static settings, the step
 compiled for the mesh, and a fresh (or restored) state placed as the step
 returns it. The pipeline, the benchmarks and the tests all build it here, so
@@ -23,7 +24,7 @@ from diffusion_distillation import steps
 from diffusion_distillation import train_state as train_state_lib
 from diffusion_distillation import unet
 
-PHASES = ('train', 'distill')
+PHASES = ('train', 'distill', 'guide')
 
 
 class RngStream(enum.IntEnum):
@@ -32,6 +33,7 @@ class RngStream(enum.IntEnum):
   INIT = 0  # the teacher's initial parameters
   TRAIN = 1  # teacher training: times, noise and dropout of every step
   DISTILL = 2  # distillation rounds: times and noise of every step
+  GUIDE = 3  # stage one of guided distillation (and its w-embedding init)
 
 
 def stream_key(seed: int, stream: RngStream) -> jax.Array:
@@ -43,8 +45,9 @@ class Trainer:
   """A phase's network, optimizer and compiled step, for one mesh.
 
   `update(state, batch)` (teacher) or `update(state, batch, teacher_params)`
-  (distillation) runs `config[phase].substeps` optimizer steps on a
-  [K, B, ...] batch and returns (state, metrics); the state is donated.
+  (distillation, and stage one of guided distillation) runs
+  `config[phase].substeps` optimizer steps on a [K, B, ...] batch and
+  returns (state, metrics); the state is donated.
   """
 
   config: ml_collections.ConfigDict
@@ -54,6 +57,8 @@ class Trainer:
   optimizer: optax.GradientTransformation
   compiled_step: callable
   rng: jax.Array
+
+  teacher_network: unet.UNet | None = None  # 'guide': the guided teacher's
 
   def update(self, state, batch, teacher_params=None):
     if self.phase == 'train':
@@ -115,11 +120,15 @@ def build(
     *,
     substep_loop: str | None = None,
 ) -> Trainer:
-  """The Trainer of config[phase] ('train' or 'distill') on `mesh`.
+  """The Trainer of config[phase] ('train', 'distill' or 'guide') on `mesh`.
 
   The teacher trains with `model.dropout` at a constant learning rate after
   warmup; students use `distill.dropout` and a learning rate that decays
-  linearly to 0 over each round of `distill.steps_per_round` steps.
+  linearly to 0 over each round of `distill.steps_per_round` steps. Stage
+  one of guided distillation ('guide', guided configs only) trains the
+  w-conditioned network with `guide.dropout` and a learning rate that
+  decays to 0 over its `guide.num_steps`; its teacher network is the
+  guided teacher's.
   `substep_loop` ('scan' | 'unrolled') defaults to
   default_substep_loop(the mesh's platform).
   """
@@ -127,14 +136,28 @@ def build(
     raise ValueError(f'Unknown phase {phase!r}; choose one of {PHASES}.')
   if substep_loop is None:
     substep_loop = default_substep_loop(mesh.devices.flat[0].platform)
+  teacher_network = None
   if phase == 'train':
     dropout, decay_steps = config.model.dropout, 0
     stream, step_fn = RngStream.TRAIN, steps.train_step
-  else:
+  elif phase == 'distill':
     dropout = config.distill.dropout
     decay_steps = config.distill.steps_per_round
     stream, step_fn = RngStream.DISTILL, steps.distill_step
-  network = network_lib.build_network(config, dropout=dropout)
+  else:
+    if not network_lib.is_guided(config):
+      raise ValueError("Phase 'guide' needs a guided config.")
+    dropout, decay_steps = config.guide.dropout, config.guide.num_steps
+    stream, step_fn = RngStream.GUIDE, steps.guide_step
+    teacher_network = network_lib.build_network(
+        config, dropout=0.0, guidance_embedding=False
+    )
+  # A guided config's teacher has no w-embedding; its students have one.
+  network = network_lib.build_network(
+      config,
+      dropout=dropout,
+      guidance_embedding=network_lib.is_guided(config) and phase != 'train',
+  )
   optimizer = train_state_lib.make_optimizer(
       config, phase, decay_steps=decay_steps
   )
@@ -145,6 +168,8 @@ def build(
       optimizer=optimizer,
       substep_loop=substep_loop,
   )
+  if teacher_network is not None:
+    settings['teacher_network'] = teacher_network
   replicated = sharding.replicated(mesh)
   batch = sharding.batch_sharding(mesh)
   if phase == 'train':
@@ -166,4 +191,5 @@ def build(
       optimizer=optimizer,
       compiled_step=compiled_step,
       rng=rng,
+      teacher_network=teacher_network,
   )

@@ -56,6 +56,11 @@ def sinusoidal_embedding(t, dim: int, scale: float = 1000.0):
   return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
+# Sinusoidal scale of the guidance strength w: w in [0, 4] spans the angles
+# that t in [0, 1] spans in the time embedding (scale 1000).
+GUIDANCE_EMBEDDING_SCALE = 250.0
+
+
 def upsample_nearest(x):
   """[B, H, W, C] -> [B, 2H, 2W, C] by repeating each pixel."""
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -166,6 +171,15 @@ class UNet(nn.Module):
   unconditional (y is ignored); `resblock_resample` chooses resampling
   ResBlocks (every released config) over strided/nearest convolutions.
 
+  `guidance_embedding=True` makes the network take the classifier-free
+  guidance strength w (Meng et al. 2023, stage one): a sinusoidal embedding
+  of w through its own two dense layers (`w_dense0`, `w_dense1`, the second
+  zero-initialised) is added to the time embedding. Called without w, such a
+  network neither creates nor reads those parameters: it is its guided
+  teacher's network, so a student built from the teacher's parameters plus
+  a fresh w-embedding starts out equal to the teacher's conditional model.
+  Off (the default) the parameter tree is the release's.
+
   `dtype` is the computation dtype of convolutions, dense layers and the
   attention matmuls; parameters stay float32 (`param_dtype`), GroupNorm
   statistics, the softmax and the time embedding are computed in float32,
@@ -188,9 +202,10 @@ class UNet(nn.Module):
   resblock_resample: bool = True
   num_groups: int = 32  # GroupNorm groups; the release always uses 32
   dtype: Any = jnp.float32  # jnp.bfloat16 for mixed precision
+  guidance_embedding: bool = False  # take the guidance strength w as input
 
   @nn.compact
-  def __call__(self, x, logsnr, y=None, *, train: bool = False):
+  def __call__(self, x, logsnr, y=None, w=None, *, train: bool = False):
     batch = x.shape[0]
     num_levels = len(self.ch_mult)
     if x.shape[1] % 2 ** (num_levels - 1) or x.shape[2] % 2 ** (num_levels - 1):
@@ -217,6 +232,8 @@ class UNet(nn.Module):
       emb += nn.Dense(self.emb_ch, dtype=self.dtype, name='class_emb')(
           jax.nn.one_hot(y, self.num_classes, dtype=emb.dtype)
       )
+    if w is not None:
+      emb += self._guidance_embedding(jnp.broadcast_to(w, (batch,)))
 
     block = lambda name, **kw: ResnetBlock(
         dropout=self.dropout,
@@ -272,6 +289,22 @@ class UNet(nn.Module):
         name='conv_out',
     )(h)
     return out.astype(jnp.float32)
+
+  def _guidance_embedding(self, w):
+    """[B] guidance strengths -> [B, emb_ch], zero at initialisation."""
+    if not self.guidance_embedding:
+      raise ValueError(
+          'This network takes no guidance strength w: build it with '
+          'guidance_embedding=True.'
+      )
+    emb = sinusoidal_embedding(w, self.ch, scale=GUIDANCE_EMBEDDING_SCALE)
+    emb = nn.Dense(self.emb_ch, dtype=self.dtype, name='w_dense0')(emb)
+    return nn.Dense(
+        self.emb_ch,
+        kernel_init=nn.initializers.zeros,
+        dtype=self.dtype,
+        name='w_dense1',
+    )(nn.swish(emb))
 
   def _resample(self, x, emb, direction, name, train):
     if self.resblock_resample:

@@ -1,0 +1,326 @@
+"""Guided distillation on the bundled digits: quality against guidance
+strength and steps, and what one student saves.
+
+Trains the guided teacher, stage one and the rounds 32 -> 1 of
+configs/digits_guided.py (or reuses them in --workdir), runs the guided
+--mode=eval (diffusion_distillation/guided_evaluation.py: at w = 0, 0.5, 1,
+2, 4 the guided teacher with DDIM at 64 steps and undistilled at 8, 4, 2, 1,
+the stage-one model, and each student at its steps with DDIM and the
+stochastic sampler), measures sampling time, and writes the figures, a plot
+of accuracy and FD against w, a Markdown table, each phase's duration and
+the issue's targets checked against the measurements.
+
+  python -m benchmarks.guided_quality            # configs/digits_guided.py
+  python -m benchmarks.guided_quality --smoke    # configs/test_guided.py
+
+Rerunning with the same --workdir reuses the trained models (their training
+times are read from the models' metadata) and only evaluates again.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import quality_vs_steps
+from configs import digits_guided
+from configs import test_guided
+from diffusion_distillation import checkpoints
+from diffusion_distillation import files
+from diffusion_distillation import guided
+from diffusion_distillation import guided_evaluation
+from diffusion_distillation import network as network_lib
+from diffusion_distillation import pipeline
+from diffusion_distillation import sampling
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_ARGS.add_argument(
+    '--smoke',
+    action='store_true',
+    help='the tiny guided test config: checks that the script runs',
+)
+_ARGS.add_argument(
+    '--workdir',
+    default=None,
+    help='run directory (default: benchmarks/results/tmp/guided_quality)',
+)
+_ARGS.add_argument(
+    '--out',
+    default=None,
+    help=(
+        'where the JSON, PNG and Markdown go (default: benchmarks/results/; '
+        'the workdir with --smoke)'
+    ),
+)
+_ARGS.add_argument(
+    '--timing_repeats',
+    type=int,
+    default=3,
+    help='sampling-time measurements per sampler (the median is reported)',
+)
+
+# The issue's targets (w = 1 for the FD ones; "reference" is the guided
+# teacher with eval.reference_num_steps DDIM steps).
+ACCURACY_RISE_W = (0.0, 2.0)  # reference accuracy at w = 2 above w = 0
+STUDENT_STEPS = 4
+FOLLOW_TOLERANCE = 0.02  # |accuracy(4-step student) - reference| at every w
+FD_W = 1.0
+STUDENT_OVER_BEST_TEACHER_FD = 1.3  # at most
+DDIM_OVER_STUDENT_FD = 2.0  # at least
+
+
+def _row(results, model, method, num_steps, w):
+  for row in results['entries']:
+    if (row['model'], row['method'], row['num_steps'], row['w']) == (
+        model,
+        method,
+        num_steps,
+        w,
+    ):
+      return row
+  return None
+
+
+def target_checks(results: dict, reference_steps: int) -> dict:
+  """Each target's measured value, threshold and whether it is met (None
+  when the run lacks an entry the target needs)."""
+  ref = lambda w: _row(results, 'teacher', 'ddim', reference_steps, w)
+  student = lambda w: _row(results, 'student', 'ddim', STUDENT_STEPS, w)
+  checks = {}
+
+  low, high = (ref(w) for w in ACCURACY_RISE_W)
+  rise = (
+      None
+      if low is None or high is None
+      else high['class_accuracy'] - low['class_accuracy']
+  )
+  checks['accuracy_rise_w2_over_w0'] = {
+      'measured': rise,
+      'target': '> 0',
+      'met': None if rise is None else rise > 0,
+  }
+
+  gaps = {}
+  for w in results['guidance']:
+    if ref(w) and student(w):
+      gaps[w] = student(w)['class_accuracy'] - ref(w)['class_accuracy']
+  worst = max(gaps.values(), key=abs) if gaps else None
+  checks['student_4_accuracy_gap_worst_w'] = {
+      'measured': worst,
+      'per_w': {f'{w:g}': gap for w, gap in gaps.items()},
+      'target': f'|gap| <= {FOLLOW_TOLERANCE}',
+      'met': None if worst is None else abs(worst) <= FOLLOW_TOLERANCE,
+  }
+
+  teacher_fds = [
+      row['fd']
+      for row in results['entries']
+      if row['model'] == 'teacher'
+      and row['method'] == 'ddim'
+      and row['w'] == FD_W
+  ]
+  best = min(teacher_fds) if teacher_fds else None
+  student_row = student(FD_W)
+  ddim_row = _row(results, 'teacher', 'ddim', STUDENT_STEPS, FD_W)
+  ratio = lambda a, b: None if a is None or not b else a / b
+  measured = ratio(student_row and student_row['fd'], best)
+  checks['student_4_over_best_teacher_fd_w1'] = {
+      'measured': measured,
+      'best_teacher_fd': best,
+      'target': f'<= {STUDENT_OVER_BEST_TEACHER_FD}',
+      'met': (
+          None if measured is None else measured <= STUDENT_OVER_BEST_TEACHER_FD
+      ),
+  }
+  measured = ratio(
+      ddim_row and ddim_row['fd'], student_row and student_row['fd']
+  )
+  checks['ddim_4_over_student_4_fd_w1'] = {
+      'measured': measured,
+      'target': f'>= {DDIM_OVER_STUDENT_FD}',
+      'met': None if measured is None else measured >= DDIM_OVER_STUDENT_FD,
+  }
+  return checks
+
+
+def sampling_times(run, *, repeats: int) -> dict:
+  """Median seconds to draw eval.num_samples samples (compiled beforehand)
+  with the 1- and 4-step students and guided DDIM at the teacher's step
+  counts, at w = sample.guidance; the speed-ups are ratios of these."""
+  config, settings = run.config, run.config.eval
+  sampler = sampling.Sampler(
+      network_lib.build_network(config, dropout=0.0),
+      config,
+      run.mesh,
+      batch_size=settings.batch_size,
+  )
+  labels = sampling.sample_labels_for(config, settings.num_samples)
+  models = checkpoints.saved_models(run.workdir)
+  ways = []
+  for n in sorted({1, STUDENT_STEPS} & set(models)):
+    params, _ = checkpoints.load_model(
+        run.workdir,
+        run.abstract_params(),
+        num_sample_steps=n,
+        sharding=run.replicated,
+    )
+    ways.append((f'student_{n}', params, n, n))
+  if 0 in models:
+    teacher = guided.load_teacher(run)
+    for n in sorted(set(settings.teacher_num_steps)):
+      ways.append((f'guided_ddim_{n}', teacher, n, 2 * n))
+  times = {}
+  for name, params, num_steps, evaluations in ways:
+    draw = lambda params=params, num_steps=num_steps: sampler.sample(
+        params,
+        num_steps=num_steps,
+        num_samples=settings.num_samples,
+        labels=labels,
+        seed=settings.seed,
+    )
+    draw()  # compile
+    seconds = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      draw()
+      seconds.append(time.perf_counter() - start)
+    times[name] = {
+        'seconds': float(np.median(seconds)),
+        'all_seconds': seconds,
+        'network_evaluations_per_sample': evaluations,
+    }
+  speedups = {}
+  if 'student_1' in times:
+    for name, entry in times.items():
+      if name.startswith('guided_ddim_'):
+        speedups[f'student_1_vs_{name}'] = {
+            'measured': entry['seconds'] / times['student_1']['seconds'],
+            'evaluation_ratio': entry['network_evaluations_per_sample'],
+        }
+  key = f'guided_ddim_{STUDENT_STEPS}'
+  if f'student_{STUDENT_STEPS}' in times and key in times:
+    speedups[f'student_{STUDENT_STEPS}_vs_{key}'] = {
+        'measured': (
+            times[key]['seconds'] / times[f'student_{STUDENT_STEPS}']['seconds']
+        ),
+        'evaluation_ratio': 2.0,
+    }
+  return {
+      'num_samples': settings.num_samples,
+      'batch_size': settings.batch_size,
+      'w': config.sample.guidance,
+      'repeats': repeats,
+      'samplers': times,
+      'speedups': speedups,
+  }
+
+
+def main(args):
+  variant = 'smoke' if args.smoke else 'full'
+  config = (
+      test_guided.get_config() if args.smoke else digits_guided.get_config()
+  )
+  suffix = '' if variant == 'full' else f'_{variant}'
+  workdir = args.workdir or (
+      tempfile.mkdtemp(prefix='guided_smoke_')
+      if args.smoke
+      else os.path.join(_HERE, 'results', 'tmp', 'guided_quality')
+  )
+  out = args.out or (workdir if args.smoke else os.path.join(_HERE, 'results'))
+
+  run = pipeline.Run(config, workdir)
+  run.record_config()
+  wall = {}
+  for name, phase in (
+      ('teacher', pipeline.train_teacher),
+      ('guide', guided.guide),
+      ('distill', pipeline.distill),
+      ('eval', guided_evaluation.evaluate),
+  ):
+    start = time.time()
+    result = phase(run)
+    wall[name] = time.time() - start
+    print(f'{name}: {wall[name]:.1f} s', flush=True)
+  results = result
+  start = time.time()
+  timing = sampling_times(run, repeats=args.timing_repeats)
+  wall['sampling_times'] = time.time() - start
+
+  models = checkpoints.saved_models(workdir)
+  # Training times travel with the models, so a reused workdir still
+  # reports what its training cost (each phase's last leg if resumed).
+  training = {
+      'teacher_seconds': checkpoints.model_meta(workdir, 0).get('seconds'),
+      'stage_one_seconds': guided.stage_one_meta(workdir).get('seconds'),
+      'distill_round_seconds': {
+          n: checkpoints.model_meta(workdir, n).get('seconds')
+          for n in models
+          if n > 0
+      },
+  }
+  parts = [training['teacher_seconds'], training['stage_one_seconds']]
+  parts += list(training['distill_round_seconds'].values())
+  training['total_seconds'] = None if None in parts else sum(parts)
+  summary = {
+      'variant': variant,
+      'date': (
+          datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec='seconds'
+          )
+      ),
+      'commit': quality_vs_steps._git_commit(),
+      'machine': (
+          f'{platform.machine()}, {os.cpu_count()} CPU cores, '
+          f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'
+      ),
+      'load_average': os.getloadavg(),
+      'jax_version': jax.__version__,
+      'config': {
+          'train_steps': config.train.num_steps,
+          'guide_steps': config.guide.num_steps,
+          'p_uncond': config.guidance.p_uncond,
+          'w_range': [config.guidance.w_min, config.guidance.w_max],
+          'distill': (
+              f'{config.distill.start_num_steps} -> '
+              f'{config.distill.end_num_steps}, '
+              f'{config.distill.steps_per_round} steps/round'
+          ),
+      },
+      'training': training,
+      'this_run_seconds': wall,
+      'sampling_times': timing,
+      'targets': target_checks(results, config.eval.reference_num_steps),
+      'eval': results,
+  }
+  os.makedirs(out, exist_ok=True)
+  stem = os.path.join(out, f'guided_quality{suffix}')
+  files.write_json(summary, stem + '.json')
+  guided_evaluation.plot_against_w(results, stem + '.png')
+  table = guided_evaluation.markdown_table(results)
+  with open(stem + '.md', 'w') as f:
+    f.write(
+        f'{summary["date"]}, commit {summary["commit"]}, '
+        f'{summary["machine"]}; teacher {config.train.num_steps} steps, '
+        f'stage one {config.guide.num_steps}, {summary["config"]["distill"]}.'
+        '\n\n'
+    )
+    f.write(table)
+  print(table)
+  for name, check in summary['targets'].items():
+    print(f'{name}: {check}')
+  for name, speedup in timing['speedups'].items():
+    print(f'{name}: {speedup}')
+  print(f'Wrote {stem}.json, .png and .md')
+  return summary
+
+
+if __name__ == '__main__':
+  main(_ARGS.parse_args(sys.argv[1:]))
