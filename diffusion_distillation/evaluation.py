@@ -153,29 +153,57 @@ def evaluate(run) -> dict:
   return _evaluate_inception(run, models)
 
 
-def _evaluate_digits(run, models: list) -> dict:
-  """FD, class accuracy and fidelity in the digits classifier's terms."""
-  config, workdir, settings = run.config, run.workdir, run.config.eval
-  start = time.time()
-  reference = reference_network.ReferenceNetwork()
-  test, train = data.load_digits('test'), data.load_digits('train')
+class DigitsScoring:
+  """What digits samples are scored against: the reference classifier, the
+  statistics of its features on the held-out test split, and the floor of
+  real training digits against those (the best FD a perfect model gets)."""
 
-  def features(images):
+  def __init__(self, settings):
+    self._batch_size = settings.batch_size
+    self.network = reference_network.ReferenceNetwork()
+    self.test = data.load_digits('test')
+    train = data.load_digits('train')
+    self.test_stats = metrics.feature_stats(self.features(self.test.images))
+    self.floor_count = min(settings.num_samples, len(train.labels))
+    order = np.random.default_rng(settings.seed).permutation(len(train.labels))
+    self.floor_fd = self.fd(train.images[order[: self.floor_count]])
+
+  def features(self, images):
     return metrics.batched_features(
-        reference.features, images, batch_size=settings.batch_size
+        self.network.features, images, batch_size=self._batch_size
     )
 
-  test_stats = metrics.feature_stats(features(test.images))
-  floor_count = min(settings.num_samples, len(train.labels))
-  floor_images = train.images[
-      np.random.default_rng(settings.seed).permutation(len(train.labels))[
-          :floor_count
-      ]
-  ]
-  floor_fd = metrics.frechet_distance(
-      metrics.feature_stats(features(floor_images)), test_stats
-  )
+  def logits(self, images):
+    return metrics.batched_features(
+        self.network.logits, images, batch_size=self._batch_size
+    )
 
+  def fd(self, images) -> float:
+    return metrics.frechet_distance(
+        metrics.feature_stats(self.features(images)), self.test_stats
+    )
+
+  def summary(self) -> dict:
+    """The results' fields that describe the reference."""
+    return {
+        'reference_network': {
+            'name': 'digits_classifier',
+            'cache_path': self.network.cache_path,
+            'settings': dataclasses.asdict(self.network.settings),
+            'test_accuracy': self.network.accuracy(
+                self.test.images, self.test.labels, batch_size=self._batch_size
+            ),
+        },
+        'real_test_count': len(self.test.labels),
+        'real_vs_real_fd': self.floor_fd,
+        'real_vs_real_count': self.floor_count,
+    }
+
+
+def eval_sampler(run):
+  """(sampler, noise, labels): every eval entry samples from the same
+  starting noise and labels, in eval.batch_size batches."""
+  config, settings = run.config, run.config.eval
   sampler = sampling.Sampler(
       network_lib.build_network(config, dropout=0.0),
       config,
@@ -184,6 +212,15 @@ def _evaluate_digits(run, models: list) -> dict:
   )
   noise = sampler.noise(settings.num_samples, settings.seed)
   labels = sampling.sample_labels_for(config, settings.num_samples)
+  return sampler, noise, labels
+
+
+def _evaluate_digits(run, models: list) -> dict:
+  """FD, class accuracy and fidelity in the digits classifier's terms."""
+  config, workdir, settings = run.config, run.workdir, run.config.eval
+  start = time.time()
+  scoring = DigitsScoring(settings)
+  sampler, noise, labels = eval_sampler(run)
   abstract = run.abstract_params()
   params, samples = {}, {}
 
@@ -215,13 +252,9 @@ def _evaluate_digits(run, models: list) -> dict:
   for entry in plan(config, models):
     entry_start = time.time()
     x = samples_of(entry)
-    logits = metrics.batched_features(
-        reference.logits, x, batch_size=settings.batch_size
-    )
+    logits = scoring.logits(x)
     row = dict(dataclasses.asdict(entry), name=entry.name)
-    row['fd'] = metrics.frechet_distance(
-        metrics.feature_stats(features(x)), test_stats
-    )
+    row['fd'] = scoring.fd(x)
     row['class_accuracy'] = (
         None
         if labels is None
@@ -254,17 +287,7 @@ def _evaluate_digits(run, models: list) -> dict:
       'dataset': config.dataset.name,
       'num_samples': settings.num_samples,
       'seed': settings.seed,
-      'reference_network': {
-          'name': 'digits_classifier',
-          'cache_path': reference.cache_path,
-          'settings': dataclasses.asdict(reference.settings),
-          'test_accuracy': reference.accuracy(
-              test.images, test.labels, batch_size=settings.batch_size
-          ),
-      },
-      'real_test_count': len(test.labels),
-      'real_vs_real_fd': floor_fd,
-      'real_vs_real_count': floor_count,
+      **scoring.summary(),
       'reference_entry': reference_entry.name if reference_entry else None,
       'entries': rows,
       'seconds': time.time() - start,

@@ -35,14 +35,11 @@ from absl import logging
 from matplotlib import figure
 
 from diffusion_distillation import checkpoints
-from diffusion_distillation import data
 from diffusion_distillation import errors
+from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import guided
 from diffusion_distillation import metrics
-from diffusion_distillation import network as network_lib
-from diffusion_distillation import reference_network
-from diffusion_distillation import sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,33 +128,8 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   config, workdir, settings = run.config, run.workdir, run.config.eval
   start = time.time()
   check_can_evaluate(config, workdir)
-  reference = reference_network.ReferenceNetwork()
-  test, train = data.load_digits('test'), data.load_digits('train')
-
-  def features(images):
-    return metrics.batched_features(
-        reference.features, images, batch_size=settings.batch_size
-    )
-
-  test_stats = metrics.feature_stats(features(test.images))
-  floor_count = min(settings.num_samples, len(train.labels))
-  floor_images = train.images[
-      np.random.default_rng(settings.seed).permutation(len(train.labels))[
-          :floor_count
-      ]
-  ]
-  floor_fd = metrics.frechet_distance(
-      metrics.feature_stats(features(floor_images)), test_stats
-  )
-
-  sampler = sampling.Sampler(
-      network_lib.build_network(config, dropout=0.0),
-      config,
-      run.mesh,
-      batch_size=settings.batch_size,
-  )
-  noise = sampler.noise(settings.num_samples, settings.seed)
-  labels = sampling.sample_labels_for(config, settings.num_samples)
+  scoring = evaluation.DigitsScoring(settings)
+  sampler, noise, labels = evaluation.eval_sampler(run)
   loaders = {
       'teacher': lambda: guided.load_teacher(run),
       'guide': lambda: guided.load_stage_one(run),
@@ -200,15 +172,10 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   rows = []
   for entry in plan(config, workdir) if entries is None else entries:
     x, sampling_seconds = samples_of(entry)
-    logits = metrics.batched_features(
-        reference.logits, x, batch_size=settings.batch_size
-    )
-    probs = _softmax(np.asarray(logits, np.float64))
+    probs = _softmax(np.asarray(scoring.logits(x), np.float64))
     row = dict(dataclasses.asdict(entry), name=entry.name)
     row['network_evaluations'] = entry.network_evaluations
-    row['fd'] = metrics.frechet_distance(
-        metrics.feature_stats(features(x)), test_stats
-    )
+    row['fd'] = scoring.fd(x)
     row['class_accuracy'] = float(np.mean(np.argmax(probs, axis=1) == labels))
     row['mean_confidence'] = float(np.mean(np.max(probs, axis=1)))
     row['label_probability'] = float(
@@ -240,16 +207,7 @@ def evaluate(run, *, entries: list | None = None) -> dict:
       'seed': settings.seed,
       'guidance': [float(w) for w in settings.guidance],
       'reference_num_steps': settings.reference_num_steps,
-      'reference_network': {
-          'name': 'digits_classifier',
-          'settings': dataclasses.asdict(reference.settings),
-          'test_accuracy': reference.accuracy(
-              test.images, test.labels, batch_size=settings.batch_size
-          ),
-      },
-      'real_vs_real_fd': floor_fd,
-      'real_vs_real_count': floor_count,
-      'real_test_count': len(test.labels),
+      **scoring.summary(),
       'entries': rows,
       'seconds': time.time() - start,
   }
