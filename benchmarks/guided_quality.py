@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from benchmarks import quality_vs_steps
+from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
 from diffusion_distillation import checkpoints
@@ -238,20 +239,17 @@ def main(args):
 
   run = pipeline.Run(config, workdir)
   run.record_config()
-  wall = {}
-  for name, phase in (
-      ('teacher', pipeline.train_teacher),
-      ('guide', guided.guide),
-      ('distill', pipeline.distill),
-      ('eval', guided_evaluation.evaluate),
-  ):
-    start = time.time()
-    result = phase(run)
-    wall[name] = time.time() - start
-    print(f'{name}: {wall[name]:.1f} s', flush=True)
-  results = result
+  results, wall = timing.run_phases(
+      run,
+      (
+          ('teacher', pipeline.train_teacher),
+          ('guide', guided.guide),
+          ('distill', pipeline.distill),
+          ('eval', guided_evaluation.evaluate),
+      ),
+  )
   start = time.time()
-  timing = sampling_times(run, repeats=args.timing_repeats)
+  speed = sampling_times(run, repeats=args.timing_repeats)
   wall['sampling_times'] = time.time() - start
 
   models = checkpoints.saved_models(workdir)
@@ -296,7 +294,7 @@ def main(args):
       },
       'training': training,
       'this_run_seconds': wall,
-      'sampling_times': timing,
+      'sampling_times': speed,
       'targets': target_checks(results, config.eval.reference_num_steps),
       'eval': results,
   }
@@ -316,7 +314,7 @@ def main(args):
   print(table)
   for name, check in summary['targets'].items():
     print(f'{name}: {check}')
-  for name, speedup in timing['speedups'].items():
+  for name, speedup in speed['speedups'].items():
     print(f'{name}: {speedup}')
   print(f'Wrote {stem}.json, .png and .md')
   return summary

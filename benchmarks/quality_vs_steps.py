@@ -22,10 +22,10 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 
+from benchmarks import timing
 from configs import digits
 from configs import test as test_config
 from diffusion_distillation import checkpoints
@@ -181,17 +181,14 @@ def main(args):
 
   run = pipeline.Run(config, workdir)
   run.record_config()
-  wall = {}
-  for name, phase in (
-      ('teacher', pipeline.train_teacher),
-      ('distill', pipeline.distill),
-      ('eval', evaluation.evaluate),
-  ):
-    start = time.time()
-    result = phase(run)
-    wall[name] = time.time() - start
-    print(f'{name}: {wall[name]:.1f} s', flush=True)
-  results = result
+  results, wall = timing.run_phases(
+      run,
+      (
+          ('teacher', pipeline.train_teacher),
+          ('distill', pipeline.distill),
+          ('eval', evaluation.evaluate),
+      ),
+  )
 
   models = checkpoints.saved_models(workdir)
   timings = {

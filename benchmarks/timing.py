@@ -190,3 +190,15 @@ def proc_status_bytes(field: str) -> int:
       if line.startswith(field + ':'):
         return int(line.split()[1]) * 1024
   raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def run_phases(run, phases) -> tuple:
+  """Runs each (name, phase) of a pipeline.Run in order, printing its wall
+  time; returns (the last phase's result, {name: seconds})."""
+  wall, result = {}, None
+  for name, phase in phases:
+    start = time.time()
+    result = phase(run)
+    wall[name] = time.time() - start
+    print(f'{name}: {wall[name]:.1f} s', flush=True)
+  return result, wall
