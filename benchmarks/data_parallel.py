@@ -36,6 +36,7 @@ def main(args):
   )
   import jax
 
+  from benchmarks import timing
   from configs import digits
   from diffusion_distillation import data
   from diffusion_distillation import sharding
@@ -74,6 +75,7 @@ def main(args):
       f'{n}_devices': images_per_sec(jax.devices()[:n]),
   }
   report = {
+      **timing.provenance(),
       'images_per_sec': results,
       'all_devices_over_1_device': (
           results[f'{n}_devices'] / results['1_device']
