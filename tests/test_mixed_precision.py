@@ -4,6 +4,7 @@ close to float32's, a train step that learns, sampling that works."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from diffusion_distillation import data
 from diffusion_distillation import network as network_lib
@@ -43,6 +44,7 @@ def test_the_parameter_tree_does_not_depend_on_the_dtype():
     assert a.shape == b.shape and a.dtype == b.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_bfloat16_output_is_close_to_float32():
   config, net32, net16 = _networks()
   params = randomize_params(
@@ -81,6 +83,7 @@ def _training_losses(dtype, num_steps=24):
   return np.array(losses), state
 
 
+@pytest.mark.slow
 def test_a_bfloat16_train_step_lowers_the_loss_as_float32_does():
   losses16, state = _training_losses('bfloat16')
   losses32, _ = _training_losses('float32')

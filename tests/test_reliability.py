@@ -42,6 +42,7 @@ def _files(workdir):
 # Divergence: a non-finite state is never saved.
 
 
+@pytest.mark.slow
 def test_a_diverged_run_saves_no_nan_and_resumes_with_a_lower_rate(tmp_path):
   workdir = str(tmp_path / 'w')
   diverging = tiny_config(**_SHORT, **{'train.learning_rate': 1e3})
@@ -71,6 +72,7 @@ def test_a_diverged_run_saves_no_nan_and_resumes_with_a_lower_rate(tmp_path):
     assert json.load(f)['train']['learning_rate'] == 0.001
 
 
+@pytest.mark.slow
 def test_skipping_non_finite_updates_is_logged_and_bounded(tmp_path, caplog):
   config = tiny_config(**{
       **_SHORT,
@@ -111,6 +113,7 @@ def _truncate_largest_file(directory):
     'ignore:(?s).*RuntimeError. Event loop is closed'
     ':pytest.PytestUnraisableExceptionWarning'
 )
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['truncated', 'empty'])
 def test_a_bad_latest_checkpoint_is_moved_aside_and_the_one_before_used(
     tmp_path, damage, caplog
@@ -150,6 +153,7 @@ def test_a_bad_latest_checkpoint_is_moved_aside_and_the_one_before_used(
   )
 
 
+@pytest.mark.slow
 def test_half_written_checkpoints_of_a_killed_run_are_cleaned(tmp_path):
   workdir = str(tmp_path / 'w')
   config = tiny_config(**_SHORT)
@@ -161,6 +165,7 @@ def test_half_written_checkpoints_of_a_killed_run_are_cleaned(tmp_path):
   assert not os.path.exists(tmp_dir)
 
 
+@pytest.mark.slow
 def test_a_round_killed_after_its_model_still_gets_its_grid(tmp_path):
   workdir = str(tmp_path / 'w')
   config = tiny_config(**{'train.substeps': 1, 'distill.substeps': 1})
@@ -210,6 +215,7 @@ def test_a_second_run_on_a_workdir_is_refused_naming_the_holder(tmp_path):
     holder.wait()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
   workdir = tmp_path / 'w'
   workdir.mkdir()

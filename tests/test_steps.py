@@ -46,6 +46,7 @@ def _run(phase, substep_loop, *, num_sample_steps=0):
   return jax.device_get((state, metrics))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'phase,num_sample_steps', [('train', 0), ('distill', 2)]
 )
@@ -62,6 +63,7 @@ def test_scan_equals_straight_line(phase, num_sample_steps):
   assert float(metrics_s['nonfinite']) == float(metrics_u['nonfinite']) == 0
 
 
+@pytest.mark.slow
 def test_scanned_distill_step_compiles_once_across_rounds():
   config, mesh = _config(), sharding.make_mesh()
   trainer = trainer_lib.build(config, 'distill', mesh, substep_loop='scan')

@@ -190,6 +190,7 @@ def test_tiny_network_outputs_zero_at_init_and_depends_on_inputs(
     assert float(jnp.max(jnp.abs(changed - base))) > 1e-4
 
 
+@pytest.mark.slow
 def test_dropout_is_active_only_in_training(tiny_unet_kwargs):
   net = unet.UNet(out_ch=1, **tiny_unet_kwargs)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
