@@ -12,8 +12,10 @@ Workdir layout:
 """
 
 import datetime
+import gc
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -178,9 +180,12 @@ def restore_latest(
   for step in sorted(mngr.all_steps(), reverse=True):
     if step <= after_step:
       break
+    _EchoFilter.install()  # echoes can come while orbax still raises
     try:
       tree, meta = restore(mngr, step, abstract_tree)
     except Exception as e:  # noqa: BLE001 - any failure: fall back a step
+      _EchoFilter.failed = True  # and later: the filter stays
+      gc.collect()  # the aborted reads report now, not in later code
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
       moved = _move_aside(mngr.directory, step)
       logging.warning(
@@ -196,8 +201,56 @@ def restore_latest(
         multihost_utils.sync_global_devices(f'moved aside {step}')
       mngr.reload()
       continue
+    _EchoFilter.uninstall_unless_failed()
     return step, tree, meta
+  _EchoFilter.uninstall_unless_failed()
   return None
+
+
+# What orbax's aborted reads of a checkpoint that failed to restore report
+# afterwards through sys.unraisablehook (hundreds of multi-line tracebacks,
+# possibly during later, unrelated code): TensorStore callbacks posting to
+# orbax's closed event loop, and read coroutines closed by the collector.
+_ABORTED_READ_ECHOES = (
+    'Event loop is closed',
+    'Encountered error while reading array index',
+)
+
+
+def _is_aborted_read_echo(error) -> bool:
+  return any(echo in str(error) for echo in _ABORTED_READ_ECHOES)
+
+
+class _EchoFilter:
+  """Wraps sys.unraisablehook during a restore so that it drops those
+  echoes; every other unraisable exception goes to the hook that was there.
+  After a restore failed the wrapper stays (its echoes may come much later);
+  otherwise the hook is put back. The failure itself is reported in one
+  warning line by restore_latest."""
+
+  failed = False
+  _previous = None
+
+  @classmethod
+  def install(cls):
+    if cls._previous is not None:
+      return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if not _is_aborted_read_echo(unraisable.exc_value):
+        previous(unraisable)
+
+    cls._previous, cls._hook = previous, hook
+    sys.unraisablehook = hook
+
+  @classmethod
+  def uninstall_unless_failed(cls):
+    if cls.failed or cls._previous is None:
+      return
+    if sys.unraisablehook is cls._hook:  # nobody wrapped it since
+      sys.unraisablehook = cls._previous
+    cls._previous = None
 
 
 def _move_aside(directory, step: int):
