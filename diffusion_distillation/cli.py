@@ -95,7 +95,7 @@ def _quiet_unraisablehook(unraisable):
 
 # On a CPU backend, two devices (the batch split between them) kept both
 # cores busy where one device left a core idle a third of the time: the
-# digits teacher step ran 1.34-1.38x faster on 2 cores
+# digits teacher step ran 1.32-1.38x faster on 2 cores
 # (benchmarks/data_parallel.py).
 DEFAULT_CPU_DEVICES = min(2, os.cpu_count() or 1)
 
