@@ -6,14 +6,15 @@ offline on a laptop CPU.
   python -m diffusion_distillation.main --config=configs/digits.py \
       --workdir=workdirs/digits --mode=all
 
-Hardware: 2 CPU cores. Time: about 15 minutes (teacher ~6 min, 6 rounds of
-distillation 64 -> 32 -> ... -> 1 steps, samples after each round). Result:
-sample grids per round in <workdir>/samples/, models in <workdir>/models/.
+Hardware: 2 CPU cores. Time: 10.6 minutes on 2 idle cores (teacher 321 s,
+6 rounds of distillation 64 -> 32 -> ... -> 1 steps 266 s, 1,000 samples of
+every model 41 s; commit 1c34bb2). Result: sample grids per round in
+<workdir>/samples/, models in <workdir>/models/.
 
-Then `--mode=eval` on the same workdir (about 10 minutes) scores every model:
-measured FD 70.5 for the 4-step student against 70.2 for the teacher's best
-DDIM and 99.8 for undistilled 4-step DDIM (README, "Sample quality against
-steps").
+Then `--mode=eval` on the same workdir scores every model: FD 9.14 for the
+4-step student against 8.85 for the teacher's best DDIM and 14.25 for
+undistilled 4-step DDIM; 10.47 for the 1-step student against 109.8 (README,
+"Sample quality against steps").
 """
 
 from configs import common
