@@ -184,7 +184,7 @@ def restore_latest(
     try:
       tree, meta = restore(mngr, step, abstract_tree)
     except Exception as e:  # noqa: BLE001 - any failure: fall back a step
-      _EchoFilter.failed = True  # and later: the filter stays
+      _EchoFilter.failed = True  # its echoes may come later: keep it
       gc.collect()  # the aborted reads report now, not in later code
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
       moved = _move_aside(mngr.directory, step)
@@ -229,7 +229,8 @@ class _EchoFilter:
   warning line by restore_latest."""
 
   failed = False
-  _previous = None
+  _previous = None  # the hook that was there, while installed
+  _hook = None
 
   @classmethod
   def install(cls):

@@ -7,6 +7,7 @@ Config files themselves are plain data.
 
 import math
 
+import jax
 import ml_collections
 
 from diffusion_distillation import data
@@ -42,9 +43,10 @@ def check_batch(batch_size: int, num_devices: int, section: str):
         f'image per device; use a positive multiple of {num_devices}.'
     )
   if batch_size % num_devices:
+    on_cpu = ' (or --cpu_devices=1)' if jax.default_backend() == 'cpu' else ''
     raise errors.InputError(
         f'{section}.batch_size={batch_size} is not divisible by the '
-        f'{num_devices} devices; use a multiple of {num_devices}.'
+        f'{num_devices} devices; use a multiple of {num_devices}{on_cpu}.'
     )
 
 

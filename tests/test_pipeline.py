@@ -246,7 +246,8 @@ def test_bad_config_values_are_refused_before_any_write(
   if message is None:  # batch 7 fits one device but not three
     config_checks.check_config(config, num_devices=1)
     with pytest.raises(
-        errors.InputError, match='not divisible by the 3 devices'
+        errors.InputError,
+        match=r'not divisible by the 3 devices; .* \(or --cpu_devices=1\)',
     ):
       config_checks.check_config(config, num_devices=3)
     return
