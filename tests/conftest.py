@@ -1,8 +1,10 @@
 """Shared test set-up: a persistent XLA compilation cache and tiny networks."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 # Compiling a U-Net step takes seconds on CPU; caching compiled executables
 # across test processes (subprocesses inherit these variables) saves most of
@@ -41,7 +43,11 @@ def float64():
 
 def tiny_config(**overrides):
   """configs/test.py with dotted overrides: tiny_config(**{'model.ch': 16})."""
-  config = test_config.get_config()
+  return with_overrides(test_config.get_config(), **overrides)
+
+
+def with_overrides(config, **overrides):
+  """`config` with dotted overrides applied in place; returns it."""
   for key, value in overrides.items():
     *sections, field = key.split('.')
     target = config
@@ -60,8 +66,33 @@ def run_python(args, *, env=None, timeout=HANG_SECS, **kwargs):
       capture_output=True,
       text=True,
       timeout=timeout,
-      **kwargs
+      **kwargs,
   )
+
+
+def kill_main_when_saved(flags, checkpoint_dir, *, what: str):
+  """Starts `python -m diffusion_distillation.main flags...` and SIGKILLs
+  it as soon as `checkpoint_dir` is committed on disk (orbax's
+  commit_success.txt), i.e. mid-phase. Fails if the run ends first or
+  hangs (HANG_SECS)."""
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
+  try:
+    deadline = time.time() + HANG_SECS
+    committed = os.path.join(checkpoint_dir, 'commit_success.txt')
+    while not os.path.exists(committed):
+      assert proc.poll() is None, f'{what} ended before it could be killed'
+      assert time.time() < deadline, f'no {what} checkpoint appeared'
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
 
 
 def saved_params(workdir, num_sample_steps, config):

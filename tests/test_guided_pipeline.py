@@ -5,10 +5,6 @@ after SIGKILL equals an uninterrupted stage one; bad input."""
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -20,25 +16,19 @@ from diffusion_distillation import errors
 from diffusion_distillation import guided
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import assert_trees_close
+from tests.conftest import kill_main_when_saved
 from tests.conftest import run_python
 from tests.conftest import tiny_config
+from tests.conftest import with_overrides
 from tests.test_pipeline import run_logging_compiles
 
 GUIDED_CONFIG = os.path.join(REPO, 'configs', 'test_guided.py')
 
 
 def guided_config(**overrides):
-  config = test_guided.get_config()
-  for key, value in overrides.items():
-    *sections, field = key.split('.')
-    target = config
-    for section in sections:
-      target = target[section]
-    target[field] = value
-  return config
+  return with_overrides(test_guided.get_config(), **overrides)
 
 
 def _params(path, config, *, student=True, num_sample_steps=0):
@@ -137,26 +127,11 @@ def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
       '--cpu_devices=1',
   ]
   flags += [f'--config.{k}={v}' for k, v in overrides.items()]
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
-      cwd=REPO,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
+  # Killed as soon as the first stage-one checkpoint is on disk: five more
+  # dispatches, each with a save, remain.
+  kill_main_when_saved(
+      flags, os.path.join(resumed, 'guide', '2'), what='stage one'
   )
-  try:
-    # Kill as soon as the first stage-one checkpoint is on disk: five more
-    # dispatches, each with a save, remain.
-    deadline = time.time() + HANG_SECS
-    early = os.path.join(resumed, 'guide', '2', 'commit_success.txt')
-    while not os.path.exists(early):
-      assert proc.poll() is None, 'stage one ended before it could be killed'
-      assert time.time() < deadline, 'no stage-one checkpoint appeared'
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
   assert not guided.has_stage_one_model(resumed), 'killed after stage one'
 
   result = run_python(['-m', 'diffusion_distillation.main'] + flags)

@@ -4,10 +4,6 @@ after SIGKILL; data parallelism; no recompilation; bad input."""
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -17,10 +13,9 @@ from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
-from tests.conftest import HANG_SECS
-from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
 from tests.conftest import assert_trees_close
+from tests.conftest import kill_main_when_saved
 from tests.conftest import run_python
 from tests.conftest import saved_params
 from tests.conftest import tiny_config
@@ -121,26 +116,11 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
       '--cpu_devices=1',
   ]
   flags += [f'--config.{k}={v}' for k, v in overrides.items()]
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
-      cwd=REPO,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
+  # Killed as soon as the first checkpoint of the first round is on disk:
+  # five more dispatches, each with a save, remain in that round.
+  kill_main_when_saved(
+      flags, os.path.join(resumed, 'distill', '2'), what='the first round'
   )
-  try:
-    # Kill as soon as the first checkpoint of the first round is on disk:
-    # five more dispatches, each with a save, remain in that round.
-    deadline = time.time() + HANG_SECS
-    mid_round = os.path.join(resumed, 'distill', '2', 'commit_success.txt')
-    while not os.path.exists(mid_round):
-      assert proc.poll() is None, 'the run ended before it could be killed'
-      assert time.time() < deadline, 'no mid-round checkpoint appeared'
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
   assert checkpoints.saved_models(resumed) == [], 'killed after the round'
 
   result = run_python(['-m', 'diffusion_distillation.main'] + flags)
