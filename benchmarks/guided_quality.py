@@ -33,12 +33,11 @@ from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
 from diffusion_distillation import checkpoints
+from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import guided
 from diffusion_distillation import guided_evaluation
-from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation import sampling
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -156,14 +155,8 @@ def sampling_times(run, *, repeats: int) -> dict:
   """Median seconds to draw eval.num_samples samples (compiled beforehand)
   with the 1- and 4-step students and guided DDIM at the teacher's step
   counts, at w = sample.guidance; the speed-ups are ratios of these."""
-  config, settings = run.config, run.config.eval
-  sampler = sampling.Sampler(
-      network_lib.build_network(config, dropout=0.0),
-      config,
-      run.mesh,
-      batch_size=settings.batch_size,
-  )
-  labels = sampling.sample_labels_for(config, settings.num_samples)
+  settings = run.config.eval
+  sampler, _, labels = evaluation.eval_sampler(run)
   models = checkpoints.saved_models(run.workdir)
   ways = []
   for n in sorted({1, STUDENT_STEPS} & set(models)):
@@ -217,7 +210,7 @@ def sampling_times(run, *, repeats: int) -> dict:
   return {
       'num_samples': settings.num_samples,
       'batch_size': settings.batch_size,
-      'w': config.sample.guidance,
+      'w': run.config.sample.guidance,
       'repeats': repeats,
       'samplers': times,
       'speedups': speedups,

@@ -103,7 +103,8 @@ def distilled_from(entry: Entry, config, models: list) -> Entry | None:
   return None  # e.g. an imported student whose teacher is not here
 
 
-def _fidelity(x, reference_x) -> dict:
+def fidelity(x, reference_x) -> dict:
+  """MSE and PSNR of samples against samples from the same noise."""
   mse, psnr = metrics.mse_and_psnr(x, reference_x)
   return {'mse': mse, 'psnr': psnr}
 
@@ -266,10 +267,10 @@ def _evaluate_digits(run, models: list) -> dict:
     parent = distilled_from(entry, config, models)
     row['distilled_from'] = parent.name if parent else None
     row['fidelity_to_teacher'] = (
-        _fidelity(x, samples_of(parent)) if parent else None
+        fidelity(x, samples_of(parent)) if parent else None
     )
     row['fidelity_to_reference'] = (
-        _fidelity(x, samples_of(reference_entry))
+        fidelity(x, samples_of(reference_entry))
         if reference_entry and entry != reference_entry
         else None
     )

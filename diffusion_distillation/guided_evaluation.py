@@ -39,7 +39,6 @@ from diffusion_distillation import errors
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import guided
-from diffusion_distillation import metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +168,7 @@ def evaluate(run, *, entries: list | None = None) -> dict:
       samples[entry] = (x, time.time() - entry_start)
     return samples[entry]
 
+  has_teacher = 0 in checkpoints.saved_models(workdir)
   rows = []
   for entry in plan(config, workdir) if entries is None else entries:
     x, sampling_seconds = samples_of(entry)
@@ -184,10 +184,11 @@ def evaluate(run, *, entries: list | None = None) -> dict:
     reference_entry = Entry(
         'teacher', 0, 'ddim', settings.reference_num_steps, entry.w
     )
-    row['fidelity_to_reference'] = None
-    if entry != reference_entry and 0 in checkpoints.saved_models(workdir):
-      mse, psnr = metrics.mse_and_psnr(x, samples_of(reference_entry)[0])
-      row['fidelity_to_reference'] = {'mse': mse, 'psnr': psnr}
+    row['fidelity_to_reference'] = (
+        evaluation.fidelity(x, samples_of(reference_entry)[0])
+        if has_teacher and entry != reference_entry
+        else None
+    )
     # Includes the compilation where this (steps, method, model kind) is
     # sampled first; w is an argument, so later strengths reuse it.
     row['sampling_seconds'] = sampling_seconds
