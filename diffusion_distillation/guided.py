@@ -115,42 +115,20 @@ def guide(run):
     return
   teacher = load_teacher(run)
   trainer = trainer_lib.build(config, 'guide', run.mesh)
-  guide_dir = os.path.join(workdir, 'guide')
-  mngr = checkpoints.manager(
-      guide_dir, max_to_keep=config.checkpoint.max_to_keep
-  )
-  restored = checkpoints.restore_latest(mngr, trainer.abstract_state())
-  if restored is not None:
-    latest, state, _ = restored
-    last_good = f'{guide_dir}/{latest}'
-    logging.info('Resuming stage one at step %d', latest)
-  else:
-    fresh = trainer.init_params(
-        trainer_lib.stream_key(config.seed, trainer_lib.RngStream.GUIDE)
-    )
-    state = trainer.fresh_state(
-        network_lib.add_guidance_embedding(teacher, fresh), num_sample_steps=0
-    )
-    last_good = 'none: stage one would start again from the teacher'
-
-  meta = {'phase': 'guide'}
-
-  def save(state):
-    checkpoints.save(mngr, int(state.step), state, meta)
-    return f'{guide_dir}/{int(state.step)}'
-
-  start = time.time()
-  state, last = run.loop(
+  state, last, start = run.train_continuous_phase(
       section='guide',
-      state=state,
-      num_updates=config.guide.num_steps,
+      directory=os.path.join(workdir, 'guide'),
+      trainer=trainer,
+      fresh_params=lambda: network_lib.add_guidance_embedding(
+          teacher,
+          trainer.init_params(
+              trainer_lib.stream_key(config.seed, trainer_lib.RngStream.GUIDE)
+          ),
+      ),
       run_step=lambda s, b: trainer.update(s, b, teacher),
-      save=save,
-      last_good=last_good,
+      name='stage one',
+      fresh_note='stage one would start again from the teacher',
   )
-  if mngr.latest_step() != int(state.step):
-    checkpoints.save(mngr, int(state.step), state, meta)
-  mngr.close()
   models = checkpoints.manager(stage_one_dir(workdir), max_to_keep=None)
   checkpoints.save(
       models,

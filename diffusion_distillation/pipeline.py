@@ -345,6 +345,55 @@ class Run:
     check_health(step, final=True)
     return state, logged
 
+  def train_continuous_phase(
+      self,
+      *,
+      section: str,
+      directory: str,
+      trainer,
+      fresh_params: Callable,
+      run_step: Callable,
+      name: str,
+      fresh_note: str,
+  ):
+    """A continuous-time phase (the teacher; guided stage one): resumes from
+    the newest checkpoint under `directory` that restores, else starts from
+    `fresh_params()`; trains to config[section].num_steps through `loop`
+    and saves the final state there too.
+
+    Returns:
+      (state, the last logged metrics, the time.time() its training began).
+    """
+    mngr = checkpoints.manager(
+        directory, max_to_keep=self.config.checkpoint.max_to_keep
+    )
+    restored = checkpoints.restore_latest(mngr, trainer.abstract_state())
+    if restored is not None:
+      latest, state, _ = restored
+      last_good = f'{directory}/{latest}'
+      logging.info('Resuming %s at step %d', name, latest)
+    else:
+      state = trainer.fresh_state(fresh_params(), num_sample_steps=0)
+      last_good = f'none: {fresh_note}'
+
+    def save(state):
+      checkpoints.save(mngr, int(state.step), state, {'phase': section})
+      return f'{directory}/{int(state.step)}'
+
+    start = time.time()
+    state, last = self.loop(
+        section=section,
+        state=state,
+        num_updates=self.config[section].num_steps,
+        run_step=run_step,
+        save=save,
+        last_good=last_good,
+    )
+    if mngr.latest_step() != int(state.step):  # a rerun may find it saved
+      save(state)
+    mngr.close()
+    return state, last, start
+
 
 def train_teacher(run: Run):
   """Trains the continuous-time teacher; saves it as models/0."""
@@ -355,38 +404,17 @@ def train_teacher(run: Run):
     _write_missing_grid(run, 0, config.sample.teacher_num_steps, grid_name)
     return
   trainer = trainer_lib.build(config, 'train', run.mesh)
-  teacher_dir = os.path.join(workdir, 'teacher')
-  mngr = checkpoints.manager(
-      teacher_dir, max_to_keep=config.checkpoint.max_to_keep
-  )
-  restored = checkpoints.restore_latest(mngr, trainer.abstract_state())
-  if restored is not None:
-    latest, state, _ = restored
-    last_good = f'{teacher_dir}/{latest}'
-    logging.info('Resuming teacher training at step %d', latest)
-  else:
-    params = trainer.init_params(
-        trainer_lib.stream_key(config.seed, trainer_lib.RngStream.INIT)
-    )
-    state = trainer.fresh_state(params, num_sample_steps=0)
-    last_good = 'none: the teacher would start from its initialisation'
-
-  def save(state):
-    checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
-    return f'{teacher_dir}/{int(state.step)}'
-
-  start = time.time()
-  state, _ = run.loop(
+  state, _, start = run.train_continuous_phase(
       section='train',
-      state=state,
-      num_updates=config.train.num_steps,
+      directory=os.path.join(workdir, 'teacher'),
+      trainer=trainer,
+      fresh_params=lambda: trainer.init_params(
+          trainer_lib.stream_key(config.seed, trainer_lib.RngStream.INIT)
+      ),
       run_step=trainer.update,
-      save=save,
-      last_good=last_good,
+      name='teacher training',
+      fresh_note='the teacher would start from its initialisation',
   )
-  if mngr.latest_step() != int(state.step):  # a rerun may find it saved
-    checkpoints.save(mngr, int(state.step), state, {'phase': 'train'})
-  mngr.close()
   # 'seconds': this process's training time (a resumed run's last leg).
   checkpoints.save_model(
       workdir,
