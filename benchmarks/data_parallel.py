@@ -29,8 +29,11 @@ _ARGS.add_argument(
 
 
 def main(args):
-  # Fake CPU devices must be requested before jax is imported.
-  os.environ['XLA_FLAGS'] = (
+  # Fake CPU devices must be requested before JAX starts its backend, with
+  # the collectives the command uses.
+  from diffusion_distillation import cli
+
+  os.environ['XLA_FLAGS'] = cli.with_patient_collectives(
       os.environ.get('XLA_FLAGS', '')
       + f' --xla_force_host_platform_device_count={args.devices}'
   )

@@ -100,13 +100,41 @@ def _quiet_unraisablehook(unraisable):
 DEFAULT_CPU_DEVICES = min(2, os.cpu_count() or 1)
 
 
+# XLA:CPU runs each device of a split CPU on a thread of its own. At a
+# collective (the gradient all-reduce) a thread that waits for the other
+# logs "may be stuck" after 20 s and aborts the process 40 s later: a busy
+# machine deschedules a thread that long. Two devices of one process cannot
+# deadlock each other, so wait as long as it takes and warn after 10 min.
+PATIENT_COLLECTIVES = {
+    'xla_cpu_collective_call_warn_stuck_timeout_seconds': 600,
+    'xla_cpu_collective_call_terminate_timeout_seconds': 7 * 24 * 3600,
+    'xla_cpu_collective_timeout_seconds': 7 * 24 * 3600,
+}
+
+
+def with_patient_collectives(xla_flags: str) -> str:
+  """`xla_flags` (an XLA_FLAGS value) plus PATIENT_COLLECTIVES, except the
+  ones it already sets."""
+  added = [
+      f'--{name}={value}'
+      for name, value in PATIENT_COLLECTIVES.items()
+      if f'--{name}=' not in xla_flags
+  ]
+  return ' '.join([xla_flags.strip()] + added).strip()
+
+
 def split_cpu(num_devices: int):
-  """Makes JAX's CPU backend num_devices devices. Must run before JAX
-  starts a backend; XLA_FLAGS' --xla_force_host_platform_device_count, when
-  given, takes precedence. GPU and TPU runs do not use the CPU devices."""
+  """Makes JAX's CPU backend num_devices devices whose collectives wait out
+  a busy machine (PATIENT_COLLECTIVES). Must run before JAX starts a
+  backend; XLA_FLAGS' --xla_force_host_platform_device_count, when given,
+  takes precedence. GPU and TPU runs do not use the CPU devices."""
   if num_devices < 1:
     raise errors.InputError(f'--cpu_devices={num_devices}: give at least 1.')
-  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+  # Read when the backend starts; processes this one starts inherit it.
+  os.environ['XLA_FLAGS'] = with_patient_collectives(
+      os.environ.get('XLA_FLAGS', '')
+  )
+  if 'xla_force_host_platform_device_count' in os.environ['XLA_FLAGS']:
     return
   jax.config.update('jax_num_cpu_devices', num_devices)
 

@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from configs import test as test_config  # noqa: E402
 from diffusion_distillation import checkpoints  # noqa: E402
+from diffusion_distillation import cli  # noqa: E402
 from diffusion_distillation import network as network_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,3 +141,12 @@ def tiny_unet_kwargs():
       resblock_resample=True,
       num_groups=4,
   )
+
+
+# Two CPU devices for a test's subprocess, with the collectives of a split
+# CPU that wait out a busy machine, as the command sets them.
+TWO_CPU_DEVICES = {
+    'XLA_FLAGS': cli.with_patient_collectives(
+        '--xla_force_host_platform_device_count=2'
+    )
+}

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from diffusion_distillation import errors
 from diffusion_distillation import inception
+from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import run_python
 
 
@@ -239,7 +240,7 @@ print(json.dumps({'devices': jax.device_count(), 'max_diff': diff,
 def test_two_devices_give_the_features_of_one(tmp_path):
   result = run_python(
       ['-c', _TWO_DEVICES],
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+      env=TWO_CPU_DEVICES,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -21,6 +21,7 @@ from diffusion_distillation import checkpoints
 from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
+from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import assert_trees_close
 from tests.conftest import saved_params
 from tests.conftest import tiny_config
@@ -107,7 +108,7 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(tmp_path):
   reference = _start(
       one,
       tmp_path / 'reference.log',
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+      env=TWO_CPU_DEVICES,
   )
   procs = []
   try:

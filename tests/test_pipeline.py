@@ -14,6 +14,7 @@ from diffusion_distillation import config_checks
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 from tests.conftest import TEST_CONFIG
+from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import assert_trees_close
 from tests.conftest import kill_main_when_saved
 from tests.conftest import run_python
@@ -170,7 +171,7 @@ print(json.dumps({'devices': jax.device_count(), 'max_diff': diff,
 def test_two_devices_match_one_device_at_the_same_global_batch(tmp_path):
   result = run_python(
       ['-c', _DATA_PARALLEL_SCRIPT, str(tmp_path)],
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+      env=TWO_CPU_DEVICES,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])

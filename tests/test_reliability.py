@@ -393,3 +393,67 @@ def test_a_failed_restore_drops_only_its_aborted_reads_echoes(
   assert 'a real failure' in _unraisable_output('a real failure', capsys)
   checkpoints._EchoFilter.uninstall_unless_failed()  # a restore succeeded
   assert sys.unraisablehook is sys.__unraisablehook__
+
+
+# ----------------------------------------------------------------------------
+# A busy machine: the CPU split's collectives wait for a descheduled device.
+
+_STALLED_DEVICE = r"""
+import sys, time
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+from diffusion_distillation import cli
+
+cli.split_cpu(2)  # as the command does
+
+def late_on_device_0(x):
+  # Device 0's thread arrives at the all-reduce after the other has waited
+  # longer than XLA:CPU's default abort (20 s warning + 40 s).
+  if float(np.asarray(x).ravel()[0]) == 0.0:
+    time.sleep(float(sys.argv[1]))
+  return np.asarray(x)
+
+mesh = jax.make_mesh((2,), ('d',), axis_types=(jax.sharding.AxisType.Auto,))
+
+def per_device(x):
+  y = jax.pure_callback(
+      late_on_device_0, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+  return jax.lax.psum(y, 'd')
+
+total = jax.jit(jax.shard_map(
+    per_device, mesh=mesh, in_specs=P('d'), out_specs=P()))(jnp.arange(2.0))
+print('sum', float(total[0]))
+"""
+
+
+def test_with_patient_collectives_keeps_the_users_own_values():
+  flags = cli.with_patient_collectives(
+      '--xla_force_host_platform_device_count=2 '
+      '--xla_cpu_collective_call_terminate_timeout_seconds=5'
+  )
+  assert '--xla_force_host_platform_device_count=2' in flags
+  assert flags.count('xla_cpu_collective_call_terminate_timeout_seconds') == 1
+  assert '--xla_cpu_collective_call_terminate_timeout_seconds=5' in flags
+  for name in cli.PATIENT_COLLECTIVES:
+    assert f'--{name}=' in flags
+  assert cli.with_patient_collectives(flags) == flags
+
+
+@pytest.mark.slow
+def test_a_device_descheduled_past_the_xla_abort_on_a_busy_cpu_is_waited_for():
+  # Busy loops on every core for the run's whole length, and one device
+  # thread held back 65 s: XLA's default aborts the process at 60 s.
+  hogs = [
+      subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+      for _ in range(2 * (os.cpu_count() or 1))
+  ]
+  try:
+    result = run_python(['-c', _STALLED_DEVICE, '65'], env={'XLA_FLAGS': ''})
+  finally:
+    for hog in hogs:
+      hog.kill()
+      hog.wait()
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'sum 1.0' in result.stdout
+  assert 'Termination timeout' not in result.stderr
+  assert 'may be stuck' not in result.stderr
