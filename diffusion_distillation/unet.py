@@ -78,7 +78,7 @@ class ResnetBlock(nn.Module):
   out_ch: int | None = None
   resample: str | None = None  # None | 'up' | 'down'
   num_groups: int = 32
-  dtype: Any = jnp.float32  # of convolutions and dense layers
+  dtype: Any = None  # of convolutions and dense layers; None: as inputs
 
   @nn.compact
   def __call__(self, x, emb, *, train: bool):
@@ -116,7 +116,7 @@ class AttnBlock(nn.Module):
   num_heads: int | None = None
   head_dim: int | None = None
   num_groups: int = 32
-  dtype: Any = jnp.float32  # of the projections and the two matmuls
+  dtype: Any = None  # of the projections and the two matmuls
 
   @nn.compact
   def __call__(self, x):
@@ -130,9 +130,9 @@ class AttnBlock(nn.Module):
         nn.DenseGeneral((num_heads, head_dim), dtype=self.dtype, name=name)(h)
         for name in ('q', 'k', 'v')
     ]
-    # The softmax in float32 whatever the matmuls' dtype (a no-op in float32).
+    # The softmax in float32 at least, whatever the matmuls' dtype.
     h = nn.dot_product_attention(
-        *qkv, force_fp32_for_softmax=self.dtype != jnp.float32
+        *qkv, force_fp32_for_softmax=_below_float32(self.dtype)
     )
     h = nn.DenseGeneral(
         channels,
@@ -142,6 +142,10 @@ class AttnBlock(nn.Module):
         name='proj_out',
     )(h)
     return x + h.reshape(x.shape)
+
+
+def _below_float32(dtype) -> bool:
+  return dtype is not None and jnp.finfo(dtype).bits < 32
 
 
 def attention_heads(channels, num_heads, head_dim):
@@ -184,7 +188,8 @@ class UNet(nn.Module):
   attention matmuls; parameters stay float32 (`param_dtype`), GroupNorm
   statistics, the softmax and the time embedding are computed in float32,
   and the output is float32, so the diffusion math and the loss never see
-  bfloat16. The parameter tree is the same for every dtype.
+  bfloat16. The parameter tree is the same for every dtype. The default,
+  None, computes in the dtype of the inputs and parameters.
   """
 
   ch: int
@@ -201,7 +206,10 @@ class UNet(nn.Module):
   logsnr_scale_range: Sequence[float] = (-10.0, 10.0)
   resblock_resample: bool = True
   num_groups: int = 32  # GroupNorm groups; the release always uses 32
-  dtype: Any = jnp.float32  # jnp.bfloat16 for mixed precision
+  # jnp.bfloat16 for mixed precision; None computes in the dtype of the
+  # inputs and parameters (flax's rule), as the release does: float64 under
+  # jax_enable_x64 with float64 parameters.
+  dtype: Any = None
   guidance_embedding: bool = False  # take the guidance strength w as input
 
   @nn.compact
@@ -288,7 +296,8 @@ class UNet(nn.Module):
         dtype=self.dtype,
         name='conv_out',
     )(h)
-    return out.astype(jnp.float32)
+    # bfloat16 leaves as float32 for the diffusion math; float64 stays.
+    return out.astype(jnp.promote_types(out.dtype, jnp.float32))
 
   def _guidance_embedding(self, w):
     """[B] guidance strengths -> [B, emb_ch], zero at initialisation."""

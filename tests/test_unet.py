@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import unet
+from tests.conftest import float64
 from tests.conftest import randomize_params
 
 # The release's unet.py and configs; out_ch: 3 for mean_type 'x', 6 for 'both'.
@@ -230,3 +231,31 @@ def test_bad_configurations_are_refused(tiny_unet_kwargs):
     unet.UNet(out_ch=1, num_classes=10, **tiny_unet_kwargs).init(
         jax.random.key(0), x, jnp.zeros((1,))
     )
+
+
+def test_float64_parameters_and_inputs_compute_in_float64(tiny_unet_kwargs):
+  # The release's U-Net leaves the dtype to flax (the inputs' and
+  # parameters'), so under x64 with float64 parameters it computes in
+  # float64; so does this one unless given a dtype.
+  with float64():
+    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1), jnp.float64)
+    logsnr = jnp.linspace(-10.0, 10.0, 4, dtype=jnp.float64)
+    y = jnp.arange(4) % 3
+    kwargs = dict(tiny_unet_kwargs, out_ch=1, num_classes=3, dropout=0.0)
+    net = unet.UNet(**kwargs)
+    params = net.init(jax.random.key(0), x, logsnr, y)['params']
+    params = jax.tree_util.tree_map(
+        lambda p: p.astype(jnp.float64),
+        randomize_params(params, jax.random.key(1)),
+    )
+    out = net.apply({'params': params}, x, logsnr, y)
+    out64 = unet.UNet(**kwargs, dtype=jnp.float64).apply(
+        {'params': params}, x, logsnr, y
+    )
+    out32 = unet.UNet(**kwargs, dtype=jnp.float32).apply(
+        {'params': params}, x, logsnr, y
+    )
+  assert out.dtype == jnp.float64
+  np.testing.assert_array_equal(out, out64)
+  assert out32.dtype == jnp.float32  # an explicit dtype still rules
+  assert np.max(np.abs(np.asarray(out) - np.asarray(out32))) > 0
