@@ -33,6 +33,7 @@ from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
 from diffusion_distillation import checkpoints
+from diffusion_distillation import eval_report
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import guided
@@ -294,8 +295,8 @@ def main(args):
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, f'guided_quality{suffix}')
   files.write_json(summary, stem + '.json')
-  guided_evaluation.plot_against_w(results, stem + '.png')
-  table = guided_evaluation.markdown_table(results)
+  eval_report.plot_against_w(results, stem + '.png')
+  table = eval_report.guided_markdown_table(results)
   with open(stem + '.md', 'w') as f:
     f.write(
         f'{summary["date"]}, commit {summary["commit"]}, '
