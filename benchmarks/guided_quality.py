@@ -17,17 +17,17 @@ Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
 """
 
-import argparse
 import datetime
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
+from benchmarks import command
 from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
@@ -42,31 +42,29 @@ from diffusion_distillation import pipeline
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument(
-    '--smoke',
-    action='store_true',
-    help='the tiny guided test config: checks that the script runs',
-)
-_ARGS.add_argument(
-    '--workdir',
-    default=None,
-    help='run directory (default: benchmarks/results/tmp/guided_quality)',
-)
-_ARGS.add_argument(
-    '--out',
-    default=None,
-    help=(
-        'where the JSON, PNG and Markdown go (default: benchmarks/results/; '
-        'the workdir with --smoke)'
-    ),
-)
-_ARGS.add_argument(
-    '--timing_repeats',
-    type=int,
-    default=3,
-    help='sampling-time measurements per sampler (the median is reported)',
-)
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_bool(
+      'smoke', False, 'the tiny guided test config: checks that the script runs'
+  )
+  flags.DEFINE_string(
+      'workdir',
+      None,
+      'run directory (default: benchmarks/results/tmp/guided_quality)',
+  )
+  flags.DEFINE_string(
+      'out',
+      None,
+      'where the JSON, PNG and Markdown go (default: benchmarks/results/; '
+      'the workdir with --smoke)',
+  )
+  flags.DEFINE_integer(
+      'timing_repeats',
+      3,
+      'sampling-time measurements per sampler (the median is reported)',
+  )
+
 
 # The issue's targets (w = 1 for the FD ones; "reference" is the guided
 # teacher with eval.reference_num_steps DDIM steps).
@@ -315,4 +313,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)
