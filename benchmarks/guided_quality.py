@@ -8,7 +8,7 @@ configs/digits_guided.py (or reuses them in --workdir), runs the guided
 the stage-one model, and each student at its steps with DDIM and the
 stochastic sampler), measures sampling time, and writes the figures, a plot
 of accuracy and FD against w, a Markdown table, each phase's duration and
-the issue's targets checked against the measurements.
+its targets checked against the measurements.
 
   python -m benchmarks.guided_quality            # configs/digits_guided.py
   python -m benchmarks.guided_quality --smoke    # configs/test_guided.py
@@ -66,7 +66,7 @@ def _define_flags():
   )
 
 
-# The targets (w = 1 for the FD ones; "reference" is the guided
+# The targets (w = 1 for the FD ones; "reference" is the guided
 # teacher with eval.reference_num_steps DDIM steps).
 ACCURACY_RISE_W = (0.0, 2.0)  # reference accuracy at w = 2 above w = 0
 STUDENT_STEPS = 4

@@ -33,10 +33,10 @@ _STORAGE_ERRORS = {
 }
 
 
-# On a CPU backend, two devices (the batch split between them) kept both
-# cores busy where one device left a core idle a third of the time: the
-# digits teacher step ran 1.32-1.38x faster on 2 cores
-# (benchmarks/data_parallel.py).
+# On a CPU backend, two devices (the batch split between them) keep both
+# cores busy where one device leaves a core idle part of the time
+# (benchmarks/data_parallel.py measures it; benchmarks/README.md has the
+# figures).
 DEFAULT_CPU_DEVICES = min(2, os.cpu_count() or 1)
 
 
