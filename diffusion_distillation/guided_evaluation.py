@@ -35,6 +35,7 @@ import numpy as np
 from diffusion_distillation import checkpoints
 from diffusion_distillation import errors
 from diffusion_distillation import eval_report
+from diffusion_distillation import eval_scorers
 from diffusion_distillation import evaluation
 from diffusion_distillation import guided
 
@@ -88,7 +89,7 @@ class GuidedScorer:
 
   def __init__(
       self,
-      digits: evaluation.DigitsScorer,
+      digits: eval_scorers.DigitsScorer,
       samples: evaluation.Samples,
   ):
     self._digits = digits
@@ -140,8 +141,8 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   samples = evaluation.Samples(
       run, keep=True, load=lambda entry: _load(run, entry)
   )
-  digits = evaluation.DigitsScorer(config.eval, samples.labels)
-  fidelities = evaluation.FidelityScorer(
+  digits = eval_scorers.DigitsScorer(config.eval, samples.labels)
+  fidelities = eval_scorers.FidelityScorer(
       samples,
       lambda entry: evaluation.reference_entry(config, models, entry.w),
   )
