@@ -26,7 +26,6 @@ from diffusion_distillation import files
 from diffusion_distillation.inception_features import FeatureNetwork
 from diffusion_distillation.inception_graph import convert_graph_def
 from diffusion_distillation.inception_graph import graph_scopes
-from diffusion_distillation.inception_net import BN_EPSILON
 from diffusion_distillation.inception_net import INPUT_SIZE
 from diffusion_distillation.inception_net import NUM_LOGITS
 from diffusion_distillation.inception_net import POOL_DIM
@@ -40,7 +39,6 @@ from diffusion_distillation.inception_weights import load_params
 from diffusion_distillation.inception_weights import save_params
 
 __all__ = [
-    'BN_EPSILON',
     'INPUT_SIZE',
     'NUM_LOGITS',
     'POOL_DIM',
