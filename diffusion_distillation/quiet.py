@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 from absl import logging as absl_logging
 
-# Libraries with loggers of their own: INFO and below are hidden.
-_LIBRARY_LOGGERS = ('jax', 'tensorflow')
-# Libraries that log through absl: INFO and below are hidden.
+# The libraries whose INFO and lower records are hidden. JAX and TensorFlow
+# log to loggers named after them; orbax and TFDS mostly through absl's.
+_LIBRARIES = ('jax', 'tensorflow', 'orbax', 'tensorflow_datasets')
 _ABSL_LOGGING_PACKAGES = ('orbax', 'tensorflow_datasets')
 
 
@@ -52,7 +52,7 @@ class _LibraryChatter(logging.Filter):
     self._absl_packages = _package_folders(_ABSL_LOGGING_PACKAGES)
 
   def _from_library(self, record) -> bool:
-    if record.name.split('.')[0] in _LIBRARY_LOGGERS:
+    if record.name.split('.')[0] in _LIBRARIES:
       return True
     return record.name == 'absl' and record.pathname.startswith(
         self._absl_packages
