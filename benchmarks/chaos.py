@@ -14,7 +14,6 @@ Prints the kills, the resumes (reruns that did not fail) and the largest
 difference; writes benchmarks/results/chaos.json.
 """
 
-import argparse
 import glob
 import json
 import os
@@ -27,16 +26,23 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 
+from benchmarks import command
 from benchmarks import timing
 from configs import test as test_config
 from diffusion_distillation import checkpoints
 from diffusion_distillation import network as network_lib
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument('--kills', type=int, default=10)
-_ARGS.add_argument('--seed', type=int, default=0)
-_ARGS.add_argument('--out', default=os.path.join(timing.RESULTS, 'chaos.json'))
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_integer('kills', 10, 'SIGKILLs to send, at random moments')
+  flags.DEFINE_integer('seed', 0, 'seed of the random moments')
+  flags.DEFINE_string(
+      'out', os.path.join(timing.RESULTS, 'chaos.json'), 'the JSON to write'
+  )
+
 
 # Long enough that there is something to interrupt in every phase.
 _OVERRIDES = {
@@ -195,4 +201,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)

@@ -9,23 +9,28 @@ absolute rates do.
   python -m benchmarks.data_parallel [--devices=2] [--steps=20]
 """
 
-import argparse
 import json
 import os
-import sys
 import time
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument('--devices', type=int, default=2)
-_ARGS.add_argument('--steps', type=int, default=20, help='timed dispatches')
-_ARGS.add_argument(
-    '--out',
-    default=os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        'results',
-        'data_parallel.json',
-    ),
-)
+from absl import flags
+
+from benchmarks import command
+
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_integer('devices', 2, 'CPU devices to split the batch over')
+  flags.DEFINE_integer('steps', 20, 'timed dispatches')
+  flags.DEFINE_string(
+      'out',
+      os.path.join(
+          os.path.dirname(os.path.abspath(__file__)),
+          'results',
+          'data_parallel.json',
+      ),
+      'the JSON to write',
+  )
 
 
 def main(args):
@@ -96,4 +101,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)

@@ -21,15 +21,15 @@ Writes benchmarks/results/device_check_<backend>.json (a temporary file with
 --smoke) and prints a summary.
 """
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 
 import jax
+from absl import flags
 
+from benchmarks import command
 from benchmarks import timing
 from configs import cifar10
 from configs import test as test_config
@@ -37,20 +37,31 @@ from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
 from diffusion_distillation import sharding
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument('--smoke', action='store_true')
-_ARGS.add_argument('--out', default=None)
-_ARGS.add_argument('--per_device_batch', type=int, default=16)
-_ARGS.add_argument('--dtypes', default='float32,bfloat16')
-_ARGS.add_argument('--iters', type=int, default=5, help='timed calls each')
-_ARGS.add_argument('--sample_steps', default='1,4,1024')
-_ARGS.add_argument('--sample_per_device_batch', type=int, default=64)
-_ARGS.add_argument('--matmul_size', type=int, default=8192)
-_ARGS.add_argument(
-    '--no_cpu_reference',
-    action='store_true',
-    help='skip the CPU float32 run of the correctness check',
-)
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_bool(
+      'smoke', False, 'configs/test.py, tiny settings: checks that it runs'
+  )
+  flags.DEFINE_string(
+      'out', None, 'the JSON to write (default: benchmarks/results/)'
+  )
+  flags.DEFINE_integer('per_device_batch', 16, 'train batch per device')
+  flags.DEFINE_string('dtypes', 'float32,bfloat16', 'comma-separated')
+  flags.DEFINE_integer('iters', 5, 'timed calls each')
+  flags.DEFINE_string(
+      'sample_steps', '1,4,1024', 'sampling step counts, comma-separated'
+  )
+  flags.DEFINE_integer(
+      'sample_per_device_batch', 64, 'sampling batch per device'
+  )
+  flags.DEFINE_integer('matmul_size', 8192, 'side of the peak-speed matmul')
+  flags.DEFINE_bool(
+      'no_cpu_reference',
+      False,
+      'skip the CPU float32 run of the correctness check',
+  )
+
 
 _SMOKE = dict(
     per_device_batch=2,
@@ -246,4 +257,4 @@ def _summary(report: dict) -> str:
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)

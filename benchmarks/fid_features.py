@@ -18,7 +18,6 @@ both covariances inside the root), with their timings.
       [--input_size=299] [--rounds=2] [--fid_dim=2048] [--out=...]
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -26,28 +25,31 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 from scipy import linalg
 
+from benchmarks import command
 from benchmarks import timing
 from diffusion_distillation import inception
 from diffusion_distillation import metrics
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument('--num_images', type=int, default=1000)
-_ARGS.add_argument('--batch_size', type=int, default=50)
-_ARGS.add_argument(
-    '--input_size',
-    type=int,
-    default=inception.INPUT_SIZE,
-    help="the resize target; 299 is the graph's, 75 the smallest",
-)
-_ARGS.add_argument('--rounds', type=int, default=2, help='timed turns')
-_ARGS.add_argument(
-    '--fid_dim', type=int, default=0, help='feature size of the FID check'
-)
-_ARGS.add_argument(
-    '--out', default=os.path.join(timing.RESULTS, 'fid_features.json')
-)
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_integer('num_images', 1000, 'random images to featurise')
+  flags.DEFINE_integer('batch_size', 50, 'images per network call')
+  flags.DEFINE_integer(
+      'input_size',
+      inception.INPUT_SIZE,
+      "the resize target; 299 is the graph's, 75 the smallest",
+  )
+  flags.DEFINE_integer('rounds', 2, 'timed turns')
+  flags.DEFINE_integer('fid_dim', 0, 'feature size of the FID check')
+  flags.DEFINE_string(
+      'out',
+      os.path.join(timing.RESULTS, 'fid_features.json'),
+      'the JSON to write',
+  )
 
 
 def feature_timings(args) -> dict:
@@ -151,4 +153,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args())
+  command.run(_define_flags, main)

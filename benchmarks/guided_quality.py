@@ -8,7 +8,7 @@ configs/digits_guided.py (or reuses them in --workdir), runs the guided
 the stage-one model, and each student at its steps with DDIM and the
 stochastic sampler), measures sampling time, and writes the figures, a plot
 of accuracy and FD against w, a Markdown table, each phase's duration and
-the issue's targets checked against the measurements.
+its targets checked against the measurements.
 
   python -m benchmarks.guided_quality            # configs/digits_guided.py
   python -m benchmarks.guided_quality --smoke    # configs/test_guided.py
@@ -17,22 +17,23 @@ Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
 """
 
-import argparse
 import datetime
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
+from benchmarks import command
 from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
 from diffusion_distillation import checkpoints
+from diffusion_distillation import eval_report
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import guided
@@ -41,33 +42,31 @@ from diffusion_distillation import pipeline
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument(
-    '--smoke',
-    action='store_true',
-    help='the tiny guided test config: checks that the script runs',
-)
-_ARGS.add_argument(
-    '--workdir',
-    default=None,
-    help='run directory (default: benchmarks/results/tmp/guided_quality)',
-)
-_ARGS.add_argument(
-    '--out',
-    default=None,
-    help=(
-        'where the JSON, PNG and Markdown go (default: benchmarks/results/; '
-        'the workdir with --smoke)'
-    ),
-)
-_ARGS.add_argument(
-    '--timing_repeats',
-    type=int,
-    default=3,
-    help='sampling-time measurements per sampler (the median is reported)',
-)
 
-# The issue's targets (w = 1 for the FD ones; "reference" is the guided
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_bool(
+      'smoke', False, 'the tiny guided test config: checks that the script runs'
+  )
+  flags.DEFINE_string(
+      'workdir',
+      None,
+      'run directory (default: benchmarks/results/tmp/guided_quality)',
+  )
+  flags.DEFINE_string(
+      'out',
+      None,
+      'where the JSON, PNG and Markdown go (default: benchmarks/results/; '
+      'the workdir with --smoke)',
+  )
+  flags.DEFINE_integer(
+      'timing_repeats',
+      3,
+      'sampling-time measurements per sampler (the median is reported)',
+  )
+
+
+# The targets (w = 1 for the FD ones; "reference" is the guided
 # teacher with eval.reference_num_steps DDIM steps).
 ACCURACY_RISE_W = (0.0, 2.0)  # reference accuracy at w = 2 above w = 0
 STUDENT_STEPS = 4
@@ -294,8 +293,8 @@ def main(args):
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, f'guided_quality{suffix}')
   files.write_json(summary, stem + '.json')
-  guided_evaluation.plot_against_w(results, stem + '.png')
-  table = guided_evaluation.markdown_table(results)
+  eval_report.plot_against_w(results, stem + '.png')
+  table = eval_report.guided_markdown_table(results)
   with open(stem + '.md', 'w') as f:
     f.write(
         f'{summary["date"]}, commit {summary["commit"]}, '
@@ -314,4 +313,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)

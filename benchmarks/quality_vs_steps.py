@@ -15,16 +15,16 @@ Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
 """
 
-import argparse
 import datetime
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 
 import jax
+from absl import flags
 
+from benchmarks import command
 from benchmarks import timing
 from configs import digits
 from configs import test as test_config
@@ -36,31 +36,26 @@ from diffusion_distillation import pipeline
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_BUDGET = _ARGS.add_mutually_exclusive_group()
-_BUDGET.add_argument(
-    '--quick',
-    action='store_true',
-    help='shorter teacher, 16 -> 1 distillation, 500 samples',
-)
-_BUDGET.add_argument(
-    '--smoke',
-    action='store_true',
-    help='the tiny test config: checks that the script runs',
-)
-_ARGS.add_argument(
-    '--workdir',
-    default=None,
-    help='run directory (default: benchmarks/results/tmp/...)',
-)
-_ARGS.add_argument(
-    '--out',
-    default=None,
-    help=(
-        'where the JSON, PNG and Markdown go (default: '
-        'benchmarks/results/; a temp dir with --smoke)'
-    ),
-)
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_bool(
+      'quick', False, 'shorter teacher, 16 -> 1 distillation, 500 samples'
+  )
+  flags.DEFINE_bool(
+      'smoke', False, 'the tiny test config: checks that the script runs'
+  )
+  flags.DEFINE_string(
+      'workdir', None, 'run directory (default: benchmarks/results/tmp/...)'
+  )
+  flags.DEFINE_string(
+      'out',
+      None,
+      'where the JSON, PNG and Markdown go (default: '
+      'benchmarks/results/; a temp dir with --smoke)',
+  )
+  flags.mark_bool_flags_as_mutual_exclusive(['quick', 'smoke'])
+
 
 # The targets of issue 10. FD ratios are against the teacher's best DDIM FD
 # over its step counts or the real-vs-real floor; accuracies are the
@@ -248,4 +243,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)

@@ -15,109 +15,100 @@ the best of runs before and after each model.
 
   python -m benchmarks.throughput [--smoke] [--out=PATH] [--iters=5] ...
 
+Each step's memory is measured in a fresh process that this one starts:
+the same command with --memory_probe=MODEL:KIND, which measures only that
+(benchmarks/memory.py).
+
 Writes benchmarks/results/throughput.json (a temporary file with --smoke).
 """
 
-import argparse
-import gc
 import importlib
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
+from benchmarks import command
+from benchmarks import memory as memory_lib
 from benchmarks import timing
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
 from diffusion_distillation import sharding
-from diffusion_distillation import train_state as train_state_lib
 
-_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-_ARGS.add_argument(
-    '--smoke',
-    action='store_true',
-    help=(
-        'a tiny network (from configs/test.py), a couple of '
-        'iterations: checks the script, measures nothing useful'
-    ),
-)
-_ARGS.add_argument(
-    '--out',
-    default=None,
-    help=(
-        'JSON path (default: '
-        'benchmarks/results/throughput.json, or a temporary '
-        'directory with --smoke)'
-    ),
-)
-_ARGS.add_argument(
-    '--models',
-    default='digits,cifar10',
-    help='comma-separated: digits, cifar10',
-)
-_ARGS.add_argument(
-    '--iters',
-    type=int,
-    default=5,
-    help='timed calls per step and per matmul run',
-)
-_ARGS.add_argument(
-    '--sample_iters',
-    type=int,
-    default=3,
-    help='timed calls per sampled step count, each after a timed forward',
-)
-_ARGS.add_argument(
-    '--digits_batch',
-    type=int,
-    default=128,
-    help='train/distill batch of the digits network',
-)
-_ARGS.add_argument('--digits_sample_batch', type=int, default=32)
-_ARGS.add_argument(
-    '--digits_sample_steps',
-    type=int,
-    default=1024,
-    help=(
-        'most DDIM steps sampled; below --teacher_steps the '
-        "teacher's time is derived from the forward time"
-    ),
-)
-_ARGS.add_argument(
-    '--cifar_batch',
-    type=int,
-    default=4,
-    help='train/distill batch of the CIFAR-10 network',
-)
-_ARGS.add_argument('--cifar_sample_batch', type=int, default=4)
-_ARGS.add_argument('--cifar_sample_steps', type=int, default=16)
-_ARGS.add_argument('--teacher_steps', type=int, default=1024)
-_ARGS.add_argument('--student_steps', type=int, default=4)
-_ARGS.add_argument(
-    '--substeps',
-    type=int,
-    default=1,
-    help=(
-        'optimizer steps per call (K of the [K, B, ...] '
-        'batch); 1 keeps CPU compiles short'
-    ),
-)
-_ARGS.add_argument('--matmul_size', type=int, default=4096)
-_ARGS.add_argument(
-    '--matmul_dtypes',
-    default='',
-    help=(
-        'comma-separated; default float32 on CPU (bfloat16 '
-        'is slower than float32 there), float32,bfloat16 else'
-    ),
-)
-_ARGS.add_argument('--memory_probe', default='', help=argparse.SUPPRESS)
+
+def _define_flags():
+  """The command's flags; defined only when it runs (benchmarks/command.py)."""
+  flags.DEFINE_bool(
+      'smoke',
+      False,
+      'a tiny network (from configs/test.py), a couple of '
+      'iterations: checks the script, measures nothing useful',
+  )
+  flags.DEFINE_string(
+      'out',
+      None,
+      'JSON path (default: '
+      'benchmarks/results/throughput.json, or a temporary '
+      'directory with --smoke)',
+  )
+  flags.DEFINE_string(
+      'models', 'digits,cifar10', 'comma-separated: digits, cifar10'
+  )
+  flags.DEFINE_integer('iters', 5, 'timed calls per step and per matmul run')
+  flags.DEFINE_integer(
+      'sample_iters',
+      3,
+      'timed calls per sampled step count, each after a timed forward',
+  )
+  flags.DEFINE_integer(
+      'digits_batch', 128, 'train/distill batch of the digits network'
+  )
+  flags.DEFINE_integer('digits_sample_batch', 32, 'digits sampling batch')
+  flags.DEFINE_integer(
+      'digits_sample_steps',
+      1024,
+      'most DDIM steps sampled; below --teacher_steps the '
+      "teacher's time is derived from the forward time",
+  )
+  flags.DEFINE_integer(
+      'cifar_batch', 4, 'train/distill batch of the CIFAR-10 network'
+  )
+  flags.DEFINE_integer('cifar_sample_batch', 4, 'CIFAR-10 sampling batch')
+  flags.DEFINE_integer(
+      'cifar_sample_steps', 16, 'most CIFAR-10 sampling steps timed'
+  )
+  flags.DEFINE_integer(
+      'teacher_steps', 1024, "the teacher's sampling steps in the speed-up"
+  )
+  flags.DEFINE_integer(
+      'student_steps', 4, "the student's sampling steps in the speed-up"
+  )
+  flags.DEFINE_integer(
+      'substeps',
+      1,
+      'optimizer steps per call (K of the [K, B, ...] '
+      'batch); 1 keeps CPU compiles short',
+  )
+  flags.DEFINE_integer('matmul_size', 4096, 'side of the peak-speed matmul')
+  flags.DEFINE_string(
+      'matmul_dtypes',
+      '',
+      'comma-separated; default float32 on CPU (bfloat16 '
+      'is slower than float32 there), float32,bfloat16 else',
+  )
+  flags.DEFINE_string(
+      'memory_probe',
+      '',
+      'MODEL:KIND (e.g. digits:train): measure only the peak memory of that '
+      'step, in this process, and print it as JSON; the benchmark runs '
+      'itself so for each model and step, so that every peak is taken in a '
+      'fresh process (benchmarks/memory.py)',
+  )
+
 
 # One tiny model as 'digits', its teacher time derived from 4 sampled steps.
 _SMOKE = dict(
@@ -173,95 +164,6 @@ def _model_specs(args) -> dict:
       config[section].update(batch_size=spec['batch'], substeps=args.substeps)
     config.sample.batch_size = spec['sample_batch']
   return specs
-
-
-def _tree_bytes(tree) -> int:
-  return sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
-
-
-def _state_bytes(spec: dict, kind: str) -> dict:
-  """What the state of a `kind` step holds, from the abstract state."""
-  config = spec['config']
-  network = network_lib.build_network(config, dropout=0.0)
-  state = train_state_lib.abstract_state(
-      network, config, train_state_lib.make_optimizer(config, kind)
-  )
-  held = {
-      'params': _tree_bytes(state.params),
-      'opt_state': _tree_bytes(state.opt_state),
-      'ema_params': _tree_bytes(state.ema_params),
-  }
-  if kind == 'distill':
-    held['teacher_params'] = _tree_bytes(state.params)
-  held['total'] = sum(held.values())
-  return held
-
-
-def _memory_probe(args):
-  """Runs one step kind in this (fresh) process; prints its memory as JSON.
-
-  The runtime's own footprint (Python, XLA, the compiled executable) is
-  measured after a first run with the model's buffers freed again; then the
-  buffers are built anew and the peak is taken over two calls of the step.
-  """
-  model, kind = args.memory_probe.split(':')
-  spec = _model_specs(args)[model]
-  mesh = sharding.make_mesh()
-  step = timing.PreparedStep(
-      spec['config'], kind, mesh, batch_size=spec['batch']
-  )  # compiles or loads
-  del step
-  gc.collect()
-  rss_runtime = timing.proc_status_bytes('VmRSS')
-  step = timing.PreparedStep(
-      spec['config'], kind, mesh, batch_size=spec['batch']
-  )
-  rss_with_state = timing.proc_status_bytes('VmRSS')
-  with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')  # resets VmHWM, the peak RSS
-  for _ in range(2):
-    jax.block_until_ready(step.call())
-  peak_step = timing.proc_status_bytes('VmHWM')
-  report = {
-      'rss_runtime_bytes': rss_runtime,
-      'rss_with_state_bytes': rss_with_state,
-      'peak_rss_step_bytes': peak_step,
-      'peak_rss_above_runtime_bytes': peak_step - rss_runtime,
-      # ru_maxrss is in KiB on Linux; it includes compilation.
-      'peak_rss_process_bytes': (
-          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-      ),
-  }
-  stats = jax.devices()[0].memory_stats()
-  if stats and 'peak_bytes_in_use' in stats:
-    report['device_peak_bytes'] = stats['peak_bytes_in_use']
-  print(json.dumps(report))
-
-
-def _run_memory_probe(model: str, kind: str, cache_dir: str) -> dict:
-  """_memory_probe in a fresh process that loads this one's executables."""
-  # glibc otherwise keeps freed large buffers on its heap once its adaptive
-  # mmap threshold has grown, and RSS would not fall when buffers are freed.
-  env = dict(
-      os.environ,
-      JAX_COMPILATION_CACHE_DIR=cache_dir,
-      MALLOC_MMAP_THRESHOLD_='65536',
-  )
-  result = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.throughput']
-      + sys.argv[1:]
-      + [f'--memory_probe={model}:{kind}'],
-      cwd=timing.REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      check=False,
-  )
-  if result.returncode:
-    raise RuntimeError(
-        f'memory probe {model}:{kind} failed:\n{result.stderr[-4000:]}'
-    )
-  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _measure_steps(spec: dict, mesh, args) -> dict:
@@ -394,8 +296,8 @@ def _measure_model(name: str, spec: dict, mesh, args, cache_dir: str) -> dict:
   result.update(_measure_sampling(spec, params, mesh, args))
   for kind in ('train', 'distill'):
     timing.progress(f'{name}: memory of {kind}_step (fresh process)')
-    memory = _run_memory_probe(name, kind, cache_dir)
-    memory['state_bytes'] = _state_bytes(spec, kind)
+    memory = memory_lib.in_fresh_process(name, kind, cache_dir)
+    memory['state_bytes'] = memory_lib.state_bytes(spec, kind)
     held = memory.get(
         'device_peak_bytes', memory['peak_rss_above_runtime_bytes']
     )
@@ -461,54 +363,83 @@ def _summary(report: dict) -> str:
   return '\n'.join(lines)
 
 
+class _MatmulPeak:
+  """The best FLOP/s of a large matmul per dtype, over runs before and
+  after each model (a shared machine's load changes between them)."""
+
+  def __init__(self, args):
+    self.size, self._iters = args.matmul_size, args.iters
+    self.dtypes = (
+        args.matmul_dtypes.split(',')
+        if args.matmul_dtypes
+        else ['float32']
+        if jax.default_backend() == 'cpu'
+        else ['float32', 'bfloat16']
+    )
+    self._matmuls = [(d, timing.matmul(self.size, d)) for d in self.dtypes]
+    self.runs = []
+
+  def time(self):
+    timing.progress('timing the matmul peak')
+    times = timing.interleaved_seconds(self._matmuls, self._iters)
+    self.runs.append(
+        {d: 2 * self.size**3 / statistics.median(t) for d, t in times.items()}
+    )
+
+  def report(self) -> dict:
+    peak = {d: max(run[d] for run in self.runs) for d in self.dtypes}
+    return {
+        'size': self.size,
+        'flops_per_sec': peak,
+        'runs': self.runs,
+        'note': (
+            'the best of the runs; float32 at the default matmul precision'
+            + (
+                ''
+                if 'bfloat16' in peak
+                else '; bfloat16 skipped: slower than float32 on CPU'
+            )
+        ),
+    }
+
+
+def _measure_models(args) -> tuple[dict, _MatmulPeak]:
+  """({model name: its figures}, the matmul peak timed before and after
+  each model)."""
+  with tempfile.TemporaryDirectory() as own_cache:
+    # The memory probes load the executables this process compiles.
+    cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR', own_cache)
+    jax.config.update('jax_compilation_cache_dir', cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    matmul = _MatmulPeak(args)  # compiles: after the cache is set
+    matmul.time()
+    mesh = sharding.make_mesh()
+    models = {}
+    for name, spec in _model_specs(args).items():
+      models[name] = _measure_model(name, spec, mesh, args, cache_dir)
+      matmul.time()
+  return models, matmul
+
+
 def main(args):
   if args.smoke:
     vars(args).update(_SMOKE)
   if args.memory_probe:
-    _memory_probe(args)
+    model, kind = args.memory_probe.split(':')
+    print(json.dumps(memory_lib.probe(_model_specs(args)[model], kind)))
     return
   out = args.out or (
       os.path.join(tempfile.mkdtemp(), 'throughput.json')
       if args.smoke
       else os.path.join(timing.RESULTS, 'throughput.json')
   )
-  with tempfile.TemporaryDirectory() as own_cache:
-    # The memory probes load the executables this process compiles.
-    cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR', own_cache)
-    jax.config.update('jax_compilation_cache_dir', cache_dir)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-
-    backend = jax.default_backend()
-    dtypes = (
-        args.matmul_dtypes.split(',')
-        if args.matmul_dtypes
-        else ['float32']
-        if backend == 'cpu'
-        else ['float32', 'bfloat16']
-    )
-    matmuls = [(d, timing.matmul(args.matmul_size, d)) for d in dtypes]
-    matmul_runs = []  # before and after each model: the best is the peak
-
-    def time_matmul():
-      timing.progress('timing the matmul peak')
-      times = timing.interleaved_seconds(matmuls, args.iters)
-      matmul_runs.append({
-          d: 2 * args.matmul_size**3 / statistics.median(t)
-          for d, t in times.items()
-      })
-
-    time_matmul()
-    mesh = sharding.make_mesh()
-    models = {}
-    for name, spec in _model_specs(args).items():
-      models[name] = _measure_model(name, spec, mesh, args, cache_dir)
-      time_matmul()
-
-  peak = {d: max(run[d] for run in matmul_runs) for d in dtypes}
+  models, matmul = _measure_models(args)
+  matmul_report = matmul.report()
   for model in models.values():
     for kind in ('train_step', 'distill_step'):
       model[kind]['fraction_of_matmul'] = {
-          d: model[kind]['flops_per_sec'] / p for d, p in peak.items()
+          d: model[kind]['flops_per_sec'] / p
+          for d, p in matmul_report['flops_per_sec'].items()
       }
   report = {
       **timing.provenance(),
@@ -518,19 +449,7 @@ def main(args):
           for k, v in vars(args).items()
           if k not in ('out', 'memory_probe')
       },
-      'matmul': {
-          'size': args.matmul_size,
-          'flops_per_sec': peak,
-          'runs': matmul_runs,
-          'note': (
-              'the best of the runs; float32 at the default matmul precision'
-              + (
-                  ''
-                  if 'bfloat16' in peak
-                  else '; bfloat16 skipped: slower than float32 on CPU'
-              )
-          ),
-      },
+      'matmul': matmul_report,
       'models': models,
   }
   print(_summary(report))
@@ -541,4 +460,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_ARGS.parse_args(sys.argv[1:]))
+  command.run(_define_flags, main)

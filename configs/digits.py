@@ -6,15 +6,16 @@ offline on a laptop CPU.
   python -m diffusion_distillation.main --config=configs/digits.py \
       --workdir=workdirs/digits --mode=all
 
-Hardware: 2 CPU cores. Time: 10.6 minutes on 2 idle cores (teacher 321 s,
-6 rounds of distillation 64 -> 32 -> ... -> 1 steps 266 s, 1,000 samples of
-every model 41 s; commit 1c34bb2). Result: sample grids per round in
-<workdir>/samples/, models in <workdir>/models/.
+Hardware: 2 CPU cores. Time: about 11 minutes on 2 idle cores, for the
+teacher, 6 rounds of distillation 64 -> 32 -> ... -> 1 steps and 1,000
+samples of every model (benchmarks/README.md, "Quick start", has the
+measurement). Result: sample grids per round in <workdir>/samples/, models
+in <workdir>/models/.
 
-Then `--mode=eval` on the same workdir scores every model: FD 9.14 for the
-4-step student against 8.85 for the teacher's best DDIM and 14.25 for
-undistilled 4-step DDIM; 10.47 for the 1-step student against 109.8 (README,
-"Sample quality against steps").
+Then `--mode=eval` on the same workdir scores every model: each student's
+FD stays near the teacher's best DDIM while undistilled DDIM in as few
+steps falls far behind below 8 steps (README, "Sample quality against
+steps", has the figures and the command).
 """
 
 from configs import common

@@ -15,7 +15,6 @@ import datetime
 import gc
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -27,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from diffusion_distillation import errors
 from diffusion_distillation import files
+from diffusion_distillation import quiet
 
 # Config parts that may change between a run and its resumption: they do
 # not change what is trained, or say where things are.
@@ -180,11 +180,11 @@ def restore_latest(
   for step in sorted(mngr.all_steps(), reverse=True):
     if step <= after_step:
       break
-    _EchoFilter.install()  # echoes can come while orbax still raises
+    quiet.ABORTED_READS.install()  # echoes can come while orbax still raises
     try:
       tree, meta = restore(mngr, step, abstract_tree)
     except Exception as e:  # noqa: BLE001 - any failure: fall back a step
-      _EchoFilter.failed = True  # its echoes may come later: keep it
+      quiet.ABORTED_READS.keep()  # its echoes may come later
       gc.collect()  # the aborted reads report now, not in later code
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
       moved = _move_aside(mngr.directory, step)
@@ -201,57 +201,10 @@ def restore_latest(
         multihost_utils.sync_global_devices(f'moved aside {step}')
       mngr.reload()
       continue
-    _EchoFilter.uninstall_unless_failed()
+    quiet.ABORTED_READS.uninstall_unless_kept()
     return step, tree, meta
-  _EchoFilter.uninstall_unless_failed()
+  quiet.ABORTED_READS.uninstall_unless_kept()
   return None
-
-
-# What orbax's aborted reads of a checkpoint that failed to restore report
-# afterwards through sys.unraisablehook (hundreds of multi-line tracebacks,
-# possibly during later, unrelated code): TensorStore callbacks posting to
-# orbax's closed event loop, and read coroutines closed by the collector.
-_ABORTED_READ_ECHOES = (
-    'Event loop is closed',
-    'Encountered error while reading array index',
-)
-
-
-def _is_aborted_read_echo(error) -> bool:
-  return any(echo in str(error) for echo in _ABORTED_READ_ECHOES)
-
-
-class _EchoFilter:
-  """Wraps sys.unraisablehook during a restore so that it drops those
-  echoes; every other unraisable exception goes to the hook that was there.
-  After a restore failed the wrapper stays (its echoes may come much later);
-  otherwise the hook is put back. The failure itself is reported in one
-  warning line by restore_latest."""
-
-  failed = False
-  _previous = None  # the hook that was there, while installed
-  _hook = None
-
-  @classmethod
-  def install(cls):
-    if cls._previous is not None:
-      return
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-      if not _is_aborted_read_echo(unraisable.exc_value):
-        previous(unraisable)
-
-    cls._previous, cls._hook = previous, hook
-    sys.unraisablehook = hook
-
-  @classmethod
-  def uninstall_unless_failed(cls):
-    if cls.failed or cls._previous is None:
-      return
-    if sys.unraisablehook is cls._hook:  # nobody wrapped it since
-      sys.unraisablehook = cls._previous
-    cls._previous = None
 
 
 def _move_aside(directory, step: int):

@@ -12,17 +12,15 @@ Exit statuses of `main` and `release_import`:
 import contextlib
 import errno
 import importlib.util
-import logging as logging_lib
 import os
 import sys
-import tempfile
 
 import jax
 import ml_collections
 from absl import flags
-from absl import logging
 
 from diffusion_distillation import errors
+from diffusion_distillation import quiet
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
@@ -35,68 +33,10 @@ _STORAGE_ERRORS = {
 }
 
 
-class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO chatter of orbax, TensorFlow and JAX, and the tracebacks
-  orbax's writer threads log for a full or read-only disk (the command
-  reports that in one line); other warnings and errors still show."""
-
-  def filter(self, record):
-    noisy = any(
-        f'/{name}/' in record.pathname
-        for name in ('orbax', 'tensorflow', 'tensorflow_datasets', 'jax')
-    )
-    if not noisy:
-      return True
-    if record.exc_info and storage_problem(record.exc_info[1]):
-      return False
-    return record.levelno >= logging_lib.WARNING
-
-
-@contextlib.contextmanager
-def _stderr_held_back():
-  """Holds back what C++ code writes to stderr (fd 2) inside the block, and
-  lets it through only if the block raises."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as held:
-    os.dup2(held.fileno(), 2)
-    try:
-      yield
-    except BaseException:
-      os.dup2(saved, 2)
-      held.seek(0)
-      os.write(2, held.read())
-      raise
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
-def _is_closed_loop_echo(error) -> bool:
-  return isinstance(error, RuntimeError) and str(error) == (
-      'Event loop is closed'
-  )
-
-
-def _quiet_excepthook(kind, error, trace):
-  # When a checkpoint write or read fails, orbax's asyncio loop closes while
-  # TensorStore callbacks still post to it; each one prints this traceback
-  # through sys.excepthook (dozens of them). The failure itself is reported.
-  if not _is_closed_loop_echo(error):
-    sys.__excepthook__(kind, error, trace)
-
-
-def _quiet_unraisablehook(unraisable):
-  # The same echo, when TensorStore's C++ threads post it: Python reports
-  # those through sys.unraisablehook ("Exception ignored in: None").
-  if not _is_closed_loop_echo(unraisable.exc_value):
-    sys.__unraisablehook__(unraisable)
-
-
-# On a CPU backend, two devices (the batch split between them) kept both
-# cores busy where one device left a core idle a third of the time: the
-# digits teacher step ran 1.32-1.38x faster on 2 cores
-# (benchmarks/data_parallel.py).
+# On a CPU backend, two devices (the batch split between them) keep both
+# cores busy where one device leaves a core idle part of the time
+# (benchmarks/data_parallel.py measures it; benchmarks/README.md has the
+# figures).
 DEFAULT_CPU_DEVICES = min(2, os.cpu_count() or 1)
 
 
@@ -140,15 +80,9 @@ def split_cpu(num_devices: int):
 
 
 def quiet_start():
-  """Imports TensorFlow without the INFO lines its C++ core prints at load
-  time (oneDNN, CPU instructions), which no environment variable silences
-  in TF 2.21; hides the INFO logs of orbax, TensorFlow and JAX, and the
-  echoes of a failed checkpoint write."""
-  with _stderr_held_back():
-    import tensorflow  # noqa: F401
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  sys.excepthook = _quiet_excepthook
-  sys.unraisablehook = _quiet_unraisablehook
+  """Quiets the libraries for a command (quiet.py); the storage errors it
+  reports in one line are not shown again as the libraries' tracebacks."""
+  quiet.quiet_libraries(reported=storage_problem)
 
 
 def exit_on_bad_input(error: errors.InputError):

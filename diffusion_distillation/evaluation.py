@@ -34,29 +34,38 @@ a small reference classifier (reference_network.py):
 
 with a floor: the FD of as many real training images as samples against
 the same test split. Results go to <workdir>/eval/results.json (+
-results.md, fd_vs_steps.png).
+results.md, fd_vs_steps.png; eval_report.py).
+
+One loop serves both kinds of eval, this one and guided configs'
+(guided_evaluation.py): `score` samples each entry once (`Samples`) and
+hands the samples to a list of scorers (eval_scorers.py), small classes
+whose `run(entry, x)` returns the row's scores.
 """
 
 import dataclasses
-import io
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
-from matplotlib import figure
 
 from diffusion_distillation import checkpoints
 from diffusion_distillation import data
 from diffusion_distillation import errors
-from diffusion_distillation import fid as fid_lib
+from diffusion_distillation import eval_report
+from diffusion_distillation import eval_scorers
 from diffusion_distillation import files
 from diffusion_distillation import inception
-from diffusion_distillation import metrics
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import reference_network
 from diffusion_distillation import sampling
+
+# What the steps eval writes; benchmarks redraw the table and plot from it.
+write_results = eval_report.BY_STEPS.write
+markdown_table = eval_report.markdown_table
+plot_fd_vs_steps = eval_report.plot_fd_vs_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,30 +74,79 @@ class Entry:
 
   model_steps: the model's saved step count, models/<model_steps>: 0 for
     the continuous-time teacher, N for the N-step student.
-  method: 'ddim' | 'ancestral'.
+  method: 'ddim' | 'ancestral' | 'stochastic'.
   num_steps: sampling steps.
+  w: guidance strength of a guided config; None for an unguided one.
+  stage_one: the guided stage-one model (models_guide/0) instead of
+    models/<model_steps>.
   """
 
   model_steps: int
   method: str
   num_steps: int
+  w: float | None = None
+  stage_one: bool = False
+
+  @property
+  def model(self) -> str:
+    """'teacher' | 'guide' (the stage-one model) | 'student'."""
+    if self.stage_one:
+      return 'guide'
+    return 'student' if self.model_steps else 'teacher'
 
   @property
   def name(self) -> str:
+    if self.w is not None:
+      return f'{self.model}_{self.method}_{self.num_steps}_w{self.w:g}'
     if self.model_steps:
       return f'student_{self.model_steps}'
     return f'teacher_{self.method}_{self.num_steps}'
 
+  @property
+  def network_evaluations(self) -> int:
+    """Per sample: classifier-free guidance evaluates the network twice."""
+    guided_teacher = self.w is not None and self.model == 'teacher'
+    return self.num_steps * (2 if guided_teacher else 1)
 
-def plan(config, models: list) -> list:
-  """The entries to evaluate for the saved `models` (step counts)."""
-  entries = []
+  def describe(self) -> dict:
+    """The fields that open the entry's row in the results."""
+    row = {
+        'model_steps': self.model_steps,
+        'method': self.method,
+        'num_steps': self.num_steps,
+    }
+    if self.w is not None:
+      row = {'model': self.model, **row, 'w': self.w}
+    return dict(row, name=self.name)
+
+
+def plan(
+    config,
+    models: list,
+    *,
+    w: float | None = None,
+    stage_one: bool = False,
+    student_samplers: tuple = ('ddim',),
+) -> list:
+  """The entries to evaluate for the saved `models` (step counts), at
+  guidance strength `w` for a guided config: the teacher at each of
+  eval.teacher_num_steps (DDIM) and eval.ancestral_num_steps (ancestral),
+  the stage-one model in distill.start_num_steps DDIM steps if `stage_one`,
+  and each student in its own steps with each of `student_samplers`."""
+  settings, entries = config.eval, []
   if 0 in models:
-    entries += [Entry(0, 'ddim', n) for n in config.eval.teacher_num_steps]
+    entries += [Entry(0, 'ddim', n, w) for n in settings.teacher_num_steps]
     entries += [
-        Entry(0, 'ancestral', n) for n in config.eval.ancestral_num_steps
+        Entry(0, 'ancestral', n, w) for n in settings.ancestral_num_steps
     ]
-  return entries + [Entry(n, 'ddim', n) for n in models if n > 0]
+  if stage_one:
+    entries.append(
+        Entry(0, 'ddim', config.distill.start_num_steps, w, stage_one=True)
+    )
+  for n in models:
+    if n > 0:
+      entries += [Entry(n, method, n, w) for method in student_samplers]
+  return entries
 
 
 def distilled_from(entry: Entry, config, models: list) -> Entry | None:
@@ -103,14 +161,12 @@ def distilled_from(entry: Entry, config, models: list) -> Entry | None:
   return None  # e.g. an imported student whose teacher is not here
 
 
-def fidelity(x, reference_x) -> dict:
-  """MSE and PSNR of samples against samples from the same noise."""
-  mse, psnr = metrics.mse_and_psnr(x, reference_x)
-  return {'mse': mse, 'psnr': psnr}
-
-
-# FID of the distilled models in the paper's table (50,000 samples).
-PAPER_FID = {'cifar10': {1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57}}
+def reference_entry(config, models: list, w: float | None = None):
+  """The entry every other is compared with: the teacher with
+  eval.reference_num_steps DDIM steps at `w` (None without a teacher)."""
+  if 0 not in models:
+    return None
+  return Entry(0, 'ddim', config.eval.reference_num_steps, w)
 
 
 def check_can_evaluate(config, workdir) -> list:
@@ -146,59 +202,8 @@ def check_can_evaluate(config, workdir) -> list:
   return models
 
 
-def evaluate(run) -> dict:
-  """Scores every model of `run.workdir`; writes and returns the results."""
-  models = check_can_evaluate(run.config, run.workdir)
-  if run.config.dataset.name in data.IN_MEMORY_DATASETS:
-    return _evaluate_digits(run, models)
-  return _evaluate_inception(run, models)
-
-
-class DigitsScoring:
-  """What digits samples are scored against: the reference classifier, the
-  statistics of its features on the held-out test split, and the floor of
-  real training digits against those (the best FD a perfect model gets)."""
-
-  def __init__(self, settings):
-    self._batch_size = settings.batch_size
-    self.network = reference_network.ReferenceNetwork()
-    self.test = data.load_digits('test')
-    train = data.load_digits('train')
-    self.test_stats = metrics.feature_stats(self.features(self.test.images))
-    self.floor_count = min(settings.num_samples, len(train.labels))
-    order = np.random.default_rng(settings.seed).permutation(len(train.labels))
-    self.floor_fd = self.fd(train.images[order[: self.floor_count]])
-
-  def features(self, images):
-    return metrics.batched_features(
-        self.network.features, images, batch_size=self._batch_size
-    )
-
-  def logits(self, images):
-    return metrics.batched_features(
-        self.network.logits, images, batch_size=self._batch_size
-    )
-
-  def fd(self, images) -> float:
-    return metrics.frechet_distance(
-        metrics.feature_stats(self.features(images)), self.test_stats
-    )
-
-  def summary(self) -> dict:
-    """The results' fields that describe the reference."""
-    return {
-        'reference_network': {
-            'name': 'digits_classifier',
-            'cache_path': self.network.cache_path,
-            'settings': dataclasses.asdict(self.network.settings),
-            'test_accuracy': self.network.accuracy(
-                self.test.images, self.test.labels, batch_size=self._batch_size
-            ),
-        },
-        'real_test_count': len(self.test.labels),
-        'real_vs_real_fd': self.floor_fd,
-        'real_vs_real_count': self.floor_count,
-    }
+# ----------------------------------------------------------------------------
+# The loop: sample each entry, score it with each scorer.
 
 
 def eval_sampler(run):
@@ -216,381 +221,174 @@ def eval_sampler(run):
   return sampler, noise, labels
 
 
-def _evaluate_digits(run, models: list) -> dict:
-  """FD, class accuracy and fidelity in the digits classifier's terms."""
-  config, workdir, settings = run.config, run.workdir, run.config.eval
-  start = time.time()
-  scoring = DigitsScoring(settings)
-  sampler, noise, labels = eval_sampler(run)
-  abstract = run.abstract_params()
-  params, samples = {}, {}
-
-  def samples_of(entry: Entry):
-    if entry not in samples:
-      if entry.model_steps not in params:
-        params[entry.model_steps], _ = checkpoints.load_model(
-            workdir,
-            abstract,
-            num_sample_steps=entry.model_steps,
-            sharding=run.replicated,
-            source='model',
-        )
-      samples[entry] = sampler.sample(
-          params[entry.model_steps],
-          num_steps=entry.num_steps,
-          num_samples=settings.num_samples,
-          labels=labels,
-          seed=settings.seed,
-          method=entry.method,
-          z=noise,
-      )
-    return samples[entry]
-
-  reference_entry = (
-      Entry(0, 'ddim', settings.reference_num_steps) if 0 in models else None
+def load_saved_model(run, entry: Entry):
+  """The parameters of models/<entry.model_steps>."""
+  params, _ = checkpoints.load_model(
+      run.workdir,
+      run.abstract_params(),
+      num_sample_steps=entry.model_steps,
+      sharding=run.replicated,
+      source='model',
   )
-  rows = []
-  for entry in plan(config, models):
-    entry_start = time.time()
-    x = samples_of(entry)
-    logits = scoring.logits(x)
-    row = dict(dataclasses.asdict(entry), name=entry.name)
-    row['fd'] = scoring.fd(x)
-    row['class_accuracy'] = (
-        None
-        if labels is None
-        else float(np.mean(np.argmax(logits, axis=1) == labels))
-    )
-    row['classifier_score'] = metrics.inception_score(
-        logits, num_splits=min(10, len(logits))
-    )[0]
-    parent = distilled_from(entry, config, models)
-    row['distilled_from'] = parent.name if parent else None
-    row['fidelity_to_teacher'] = (
-        fidelity(x, samples_of(parent)) if parent else None
-    )
-    row['fidelity_to_reference'] = (
-        fidelity(x, samples_of(reference_entry))
-        if reference_entry and entry != reference_entry
-        else None
-    )
-    row['seconds'] = time.time() - entry_start
-    logging.info(
-        'eval %s: FD %.3f, class accuracy %s',
-        entry.name,
-        row['fd'],
-        row['class_accuracy'],
-    )
-    rows.append(row)
-
-  results = {
-      'workdir': str(files.as_path(workdir)),
-      'dataset': config.dataset.name,
-      'num_samples': settings.num_samples,
-      'seed': settings.seed,
-      **scoring.summary(),
-      'reference_entry': reference_entry.name if reference_entry else None,
-      'entries': rows,
-      'seconds': time.time() - start,
-  }
-  if jax.process_index() == 0:
-    write_results(results, os.path.join(workdir, 'eval'))
-  return results
+  return params
 
 
-def _reference(run, network: inception.FeatureNetwork) -> fid_lib.Reference:
-  """eval.reference_stats, else the train split's statistics: read from the
-  workdir's cache, or computed and cached there."""
-  config, settings = run.config, run.config.eval
-  if settings.reference_stats:
-    return fid_lib.load_reference(
-        settings.reference_stats, network, batch_size=settings.batch_size
-    )
-  dataset = config.dataset
-  # The file name holds everything the statistics depend on.
-  name = (
-      f'reference_{dataset.name.replace("/", "_")}_{dataset.image_size}px_'
-      f'{settings.reference_num_images}_{network.fingerprint}.npz'
-  )
-  path = os.path.join(run.workdir, 'eval', name)
-  if files.as_path(path).exists():
-    logging.info('Reading the reference statistics from %s', path)
-    return fid_lib.load_reference(path, network, batch_size=settings.batch_size)
-  # TensorFlow is imported only for the datasets that stream with it.
-  from diffusion_distillation import input_pipeline
+class Samples:
+  """eval.num_samples samples of each entry from ONE shared starting noise
+  and label list.
 
-  logging.info(
-      'Computing the reference statistics of %d %s train images (once; '
-      'cached as %s)',
-      settings.reference_num_images,
-      dataset.name,
-      path,
-  )
-  images = input_pipeline.reference_images(
-      dataset, settings.reference_num_images
-  )
-  reference = fid_lib.reference_from_images(
-      images, network, batch_size=settings.batch_size, source=path
-  )
-  if jax.process_index() == 0:
-    files.as_path(path).parent.mkdir(parents=True, exist_ok=True)
-    fid_lib.write_reference(path, images, reference)
-  return reference
+  keep: hold every model's parameters and every entry's samples, so that
+    scorers can compare an entry with another (the digits, whose samples
+    are small); otherwise one model at a time is on the devices and
+    nothing is kept (50,000 CIFAR-10 samples are 600 MB).
+  load: entry -> the parameters of the entry's model.
+  """
 
+  def __init__(
+      self, run, *, keep: bool, load: Callable[[Entry], Any] | None = None
+  ):
+    self._settings = run.config.eval
+    self._sampler, self._noise, self.labels = eval_sampler(run)
+    self._keep = keep
+    self._load = load or (lambda entry: load_saved_model(run, entry))
+    self._params, self._samples = {}, {}
+    self.seconds = {}  # entry -> its sampling's seconds, compilation included
 
-def _evaluate_inception(run, models: list) -> dict:
-  """FID, Inception Score, precision and recall of every entry (tfds)."""
-  config, workdir, settings = run.config, run.workdir, run.config.eval
-  start = time.time()
-  network = inception.FeatureNetwork(
-      inception.load_params(settings.inception_weights), run.mesh
-  )
-  reference = _reference(run, network)
-  sampler = sampling.Sampler(
-      network_lib.build_network(config, dropout=0.0),
-      config,
-      run.mesh,
-      batch_size=settings.batch_size,
-  )
-  noise = sampler.noise(settings.num_samples, settings.seed)
-  labels = sampling.sample_labels_for(config, settings.num_samples)
-  entries = plan(config, models)
-  # Work per entry, for the ETA: its sampling steps, and about one network
-  # pass for the Inception features.
-  work = [entry.num_steps + 1 for entry in entries]
-  rows, loaded_steps, params = [], None, None
-  for index, entry in enumerate(entries):
-    entry_start = time.time()
-    if entry.model_steps != loaded_steps:  # one model on the devices at once
-      params, _ = checkpoints.load_model(
-          workdir,
-          run.abstract_params(),
-          num_sample_steps=entry.model_steps,
-          sharding=run.replicated,
-          source='model',
-      )
-      loaded_steps = entry.model_steps
-    x = sampler.sample(
+  def _params_of(self, entry: Entry):
+    key = entry.model, entry.model_steps
+    if key not in self._params:
+      if not self._keep:
+        self._params.clear()
+      self._params[key] = self._load(entry)
+    return self._params[key]
+
+  def of(self, entry: Entry) -> np.ndarray:
+    """The entry's samples: [eval.num_samples, H, W, C] in [-1, 1]."""
+    if entry in self._samples:
+      return self._samples[entry]
+    params = self._params_of(entry)
+    start = time.time()
+    x = self._sampler.sample(
         params,
         num_steps=entry.num_steps,
-        num_samples=settings.num_samples,
-        labels=labels,
-        seed=settings.seed,
+        num_samples=self._settings.num_samples,
+        labels=self.labels,
+        seed=self._settings.seed,
         method=entry.method,
-        z=noise,
+        z=self._noise,
+        guidance=entry.w,
     )
-    row = dict(dataclasses.asdict(entry), name=entry.name)
-    row.update(
-        fid_lib.score(
-            data.unit_interval_to_uint8(x),
-            reference,
-            network,
-            batch_size=settings.batch_size,
-        )
-    )
-    row['seconds'] = time.time() - entry_start
+    self.seconds[entry] = time.time() - start
+    if self._keep:
+      self._samples[entry] = x
+    return x
+
+
+# Logged per entry, where the row has them.
+_HEADLINE = (
+    'fid',
+    'inception_score',
+    'fd',
+    'class_accuracy',
+    'mean_confidence',
+)
+
+
+def score(
+    entries: list, samples: Samples, scorers: list, *, time_rows: bool = True
+) -> list:
+  """One results row per entry: its `describe()` fields, then each
+  scorer's `run(entry, x)`, then (if `time_rows`) 'seconds', the entry's
+  wall time (sampling, scoring and any samples it is compared with)."""
+  # Work per entry, for the ETA: its sampling steps and about one network
+  # pass for the features.
+  work = [entry.num_steps + 1 for entry in entries]
+  start, rows = time.time(), []
+  for index, entry in enumerate(entries):
+    entry_start = time.time()
+    x = samples.of(entry)
+    row = entry.describe()
+    for scorer in scorers:
+      row.update(scorer.run(entry, x))
+    if time_rows:
+      row['seconds'] = time.time() - entry_start
     rows.append(row)
-    elapsed = time.time() - start
     done = sum(work[: index + 1])
     logging.info(
-        'eval %d/%d %s: FID %.3f, IS %.2f (%.0f s); ETA %.1f min',
+        'eval %d/%d %s: %s (%.0f s); ETA %.1f min',
         index + 1,
         len(entries),
         entry.name,
-        row['fid'],
-        row['inception_score'],
-        row['seconds'],
-        elapsed / done * (sum(work) - done) / 60,
+        ', '.join(
+            f'{key} {row[key]:.3f}'
+            for key in _HEADLINE
+            if row.get(key) is not None
+        ),
+        time.time() - entry_start,
+        (time.time() - start) / done * (sum(work) - done) / 60,
     )
+  return rows
+
+
+def run_eval(
+    run,
+    entries: list,
+    samples: Samples,
+    scorers: list,
+    *,
+    summary: dict,
+    report: eval_report.Report,
+    start: float,
+    time_rows: bool = True,
+) -> dict:
+  """Scores `entries`; writes (process 0) and returns the results: the
+  run's fields, `summary` (what the scores are measured against), the
+  rows, and the seconds since `start`."""
+  config = run.config
+  rows = score(entries, samples, scorers, time_rows=time_rows)
   results = {
-      'workdir': str(files.as_path(workdir)),
+      'workdir': str(files.as_path(run.workdir)),
       'dataset': config.dataset.name,
-      'num_samples': settings.num_samples,
-      'seed': settings.seed,
-      'feature_network': {
-          'name': 'inception_v3_fid',
-          'weights': settings.inception_weights,
-          'fingerprint': network.fingerprint,
-      },
-      'reference': {
-          'path': reference.source,
-          'num_images': (
-              None if reference.features is None else len(reference.features)
-          ),
-      },
-      'paper_fid': PAPER_FID.get(config.dataset.name, {}),
+      'num_samples': config.eval.num_samples,
+      'seed': config.eval.seed,
+      **summary,
       'entries': rows,
       'seconds': time.time() - start,
   }
   if jax.process_index() == 0:
-    write_results(results, os.path.join(workdir, 'eval'))
+    report.write(results, os.path.join(run.workdir, 'eval'))
   return results
 
 
-def write_results(results: dict, directory: str) -> dict:
-  """results.json, results.md and fd_vs_steps.png in `directory` (local or
-  gs://)."""
-  directory = files.as_path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  paths = {
-      name: str(directory / name)
-      for name in ('results.json', 'results.md', 'fd_vs_steps.png')
-  }
-  files.write_json(results, paths['results.json'])
-  files.write_atomically(paths['results.md'], markdown_table(results))
-  plot_fd_vs_steps(results, paths['fd_vs_steps.png'])
-  return paths
-
-
-def _by_curve(results: dict) -> dict:
-  """{'distilled' | 'ddim' | 'ancestral': {num_steps: row}}."""
-  curves = {'distilled': {}, 'ddim': {}, 'ancestral': {}}
-  for row in results['entries']:
-    curve = 'distilled' if row['model_steps'] else row['method']
-    curves[curve][row['num_steps']] = row
-  return curves
-
-
-def markdown_table(results: dict) -> str:
-  """The scores per step count, one column group per curve."""
-  if 'feature_network' in results:
-    return _inception_table(results)
-  return _digits_table(results)
-
-
-def _cell(row: dict | None, field: str, fmt: str) -> str:
-  return '' if row is None or row[field] is None else fmt.format(row[field])
-
-
-def _inception_table(results: dict) -> str:
-  """FID, Inception Score, precision and recall per step count."""
-  curves = _by_curve(results)
-  paper = {int(n): fid for n, fid in results['paper_fid'].items()}
-  step_counts = sorted(
-      {n for curve in curves.values() for n in curve} | set(paper)
-  )
-  lines = [
-      (
-          '| steps | FID distilled | FID distilled (paper) | FID DDIM | FID'
-          ' ancestral | IS distilled | IS DDIM | precision distilled | recall'
-          ' distilled |'
-      ),
-      '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-  ]
-  for n in step_counts:
-    distilled, ddim = curves['distilled'].get(n), curves['ddim'].get(n)
-    cells = [
-        _cell(distilled, 'fid', '{:.2f}'),
-        f'{paper[n]:.2f}' if n in paper else '',
-        _cell(ddim, 'fid', '{:.2f}'),
-        _cell(curves['ancestral'].get(n), 'fid', '{:.2f}'),
-        _cell(distilled, 'inception_score', '{:.2f}'),
-        _cell(ddim, 'inception_score', '{:.2f}'),
-        _cell(distilled, 'precision', '{:.3f}'),
-        _cell(distilled, 'recall', '{:.3f}'),
+def evaluate(run) -> dict:
+  """Scores every model of `run.workdir`; writes and returns the results."""
+  config, start = run.config, time.time()
+  models = check_can_evaluate(config, run.workdir)
+  if config.dataset.name in data.IN_MEMORY_DATASETS:
+    samples = Samples(run, keep=True)
+    digits = eval_scorers.DigitsScorer(config.eval, samples.labels)
+    scorers = [
+        digits,
+        eval_scorers.FidelityScorer(
+            samples,
+            lambda entry: reference_entry(config, models, entry.w),
+            lambda entry: distilled_from(entry, config, models),
+        ),
     ]
-    lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
-  reference = results['reference']
-  lines.append('')
-  lines.append(
-      f'{results["num_samples"]} samples per entry against {reference["path"]}'
-      f' ({reference["num_images"]} reference images for precision and'
-      ' recall); InceptionV3 weights'
-      f' {results["feature_network"]["weights"]} (fingerprint'
-      f' {results["feature_network"]["fingerprint"]}).'
-  )
-  return '\n'.join(lines) + '\n'
-
-
-def _digits_table(results: dict) -> str:
-  """FD and class accuracy per step count, one column group per curve."""
-  curves = _by_curve(results)
-  step_counts = sorted({n for curve in curves.values() for n in curve})
-
-  def cell(curve, n, field, fmt):
-    row = curves[curve].get(n)
-    return '' if row is None or row[field] is None else fmt.format(row[field])
-
-  def psnr(n):
-    row = curves['distilled'].get(n)
-    fidelity = row and row['fidelity_to_teacher']
-    return f'{fidelity["psnr"]:.1f}' if fidelity else ''
-
-  lines = [
-      (
-          '| steps | FD distilled | FD DDIM | FD ancestral | accuracy distilled'
-          ' | accuracy DDIM | PSNR to teacher (dB) |'
-      ),
-      '|---:|---:|---:|---:|---:|---:|---:|',
-  ]
-  for n in step_counts:
-    lines.append(
-        f'| {n} | {cell("distilled", n, "fd", "{:.3f}")} '
-        f'| {cell("ddim", n, "fd", "{:.3f}")} '
-        f'| {cell("ancestral", n, "fd", "{:.3f}")} '
-        f'| {cell("distilled", n, "class_accuracy", "{:.3f}")} '
-        f'| {cell("ddim", n, "class_accuracy", "{:.3f}")} | {psnr(n)} |'
+    reference = reference_entry(config, models)
+    summary = dict(
+        digits.summary(), reference_entry=reference and reference.name
     )
-  lines.append('')
-  lines.append(
-      f'Real-vs-real FD floor: {results["real_vs_real_fd"]:.3f}'
-      f' ({results["real_vs_real_count"]} training images against the'
-      f' {results["real_test_count"]} held-out test images); reference'
-      ' classifier test accuracy'
-      f' {results["reference_network"]["test_accuracy"]:.3f};'
-      f' {results["num_samples"]} samples per entry.'
+  else:
+    samples = Samples(run, keep=False)
+    scorers = [eval_scorers.InceptionScorer(run)]
+    summary = scorers[0].summary()
+  return run_eval(
+      run,
+      plan(config, models),
+      samples,
+      scorers,
+      summary=summary,
+      report=eval_report.BY_STEPS,
+      start=start,
   )
-  return '\n'.join(lines) + '\n'
-
-
-def plot_fd_vs_steps(results: dict, path: str):
-  """FD (digits) or FID against sampling steps (log2 x), as the paper's
-  figure: distilled, undistilled DDIM, ancestral, and the real-data floor
-  (digits) or the paper's distilled FIDs (CIFAR-10)."""
-  fig = figure.Figure(figsize=(6, 4), dpi=120)
-  ax = fig.add_subplot()
-  styles = {
-      'distilled': ('o-', 'distilled (1 model per step count)'),
-      'ddim': ('s--', 'undistilled DDIM'),
-      'ancestral': ('^:', 'undistilled ancestral'),
-  }
-  field = 'fid' if 'feature_network' in results else 'fd'
-  for curve, rows in _by_curve(results).items():
-    if rows:
-      steps = sorted(rows)
-      ax.plot(
-          steps,
-          [rows[n][field] for n in steps],
-          styles[curve][0],
-          label=styles[curve][1],
-      )
-  paper = {int(n): fid for n, fid in results.get('paper_fid', {}).items()}
-  if paper:
-    steps = sorted(paper)
-    ax.plot(
-        steps,
-        [paper[n] for n in steps],
-        'kx',
-        label='distilled, the paper',
-    )
-  if 'real_vs_real_fd' in results:
-    ax.axhline(
-        results['real_vs_real_fd'],
-        color='gray',
-        lw=1,
-        label='real vs real (floor)',
-    )
-  ax.set_xscale('log', base=2)
-  ax.set_yscale('log')
-  ax.set_xlabel('sampling steps')
-  ax.set_ylabel(
-      'FID (InceptionV3)'
-      if field == 'fid'
-      else 'FD (digits classifier features)'
-  )
-  ax.grid(True, which='both', alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format='png')
-  files.write_atomically(path, png.getvalue())

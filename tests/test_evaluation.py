@@ -18,6 +18,7 @@ from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import data
 from diffusion_distillation import errors
+from diffusion_distillation import eval_scorers
 from diffusion_distillation import evaluation
 from diffusion_distillation import inception
 from diffusion_distillation import input_pipeline
@@ -280,5 +281,5 @@ def test_cifar10_eval_end_to_end_on_mock_data(tmp_path, monkeypatch):
   )
   run = pipeline.Run(config, workdir)
   features = inception.FeatureNetwork(inception.load_params(weights), run.mesh)
-  cached = evaluation._reference(run, features)
+  cached = eval_scorers.reference_statistics(run, features)
   assert cached.source == cache and cached.features.shape == (16, 2048)

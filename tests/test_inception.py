@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from diffusion_distillation import errors
 from diffusion_distillation import inception
+from diffusion_distillation import inception_net
 from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import run_python
 
@@ -52,7 +53,7 @@ def test_average_pool_leaves_padding_out_as_tensorflow():
   x = np.random.default_rng(0).normal(size=(2, 7, 7, 5)).astype(np.float32)
   expected = tf.nn.avg_pool2d(x, 3, 1, 'SAME').numpy()
   np.testing.assert_allclose(
-      np.asarray(inception._avg_pool(x)), expected, rtol=1e-6, atol=1e-6
+      np.asarray(inception_net._avg_pool(x)), expected, rtol=1e-6, atol=1e-6
   )
 
 

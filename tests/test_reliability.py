@@ -4,10 +4,12 @@ Each is answered in one line, and nothing good is lost."""
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
 
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10
@@ -15,6 +17,7 @@ from diffusion_distillation import checkpoints
 from diffusion_distillation import cli
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
+from diffusion_distillation import quiet
 from tests.conftest import TEST_CONFIG
 from tests.conftest import assert_trees_close
 from tests.conftest import run_python
@@ -105,7 +108,7 @@ def _truncate_largest_file(directory):
 
 
 # With filterwarnings=error, an echo of orbax's aborted reads that the
-# library did not drop (checkpoints._drop_aborted_read_echoes) fails this
+# library did not drop (quiet.ABORTED_READS) fails this
 # test or a later one.
 @pytest.mark.slow
 @pytest.mark.parametrize('damage', ['truncated', 'empty'])
@@ -348,9 +351,25 @@ def test_run_stopped_exits_with_status_3(capsys):
   assert capsys.readouterr().err == 'error: train diverged: ...\n'
 
 
-def test_closed_event_loop_echoes_are_dropped_and_other_errors_kept(capsys):
+@pytest.fixture
+def bare_hooks(monkeypatch):
+  """The interpreter's own hooks and no echoes dropped, as a process
+  starts; everything is put back after the test."""
+  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)
+  monkeypatch.setattr(sys, 'excepthook', sys.__excepthook__)
+  monkeypatch.setattr(quiet._hooks, 'previous', None)
+  for group in (quiet.CLOSED_EVENT_LOOP, quiet.ABORTED_READS):
+    monkeypatch.setattr(group, 'installed', False)
+    monkeypatch.setattr(group, 'kept', False)
+
+
+def test_closed_event_loop_echoes_are_dropped_and_other_errors_kept(
+    capsys, bare_hooks
+):
+  quiet.CLOSED_EVENT_LOOP.install()
+
   def hook_output(error):
-    cli._quiet_excepthook(type(error), error, None)
+    sys.excepthook(type(error), error, None)
     return capsys.readouterr().err
 
   assert hook_output(RuntimeError('Event loop is closed')) == ''
@@ -373,26 +392,43 @@ def _unraisable_output(message, capsys) -> str:
 
 
 def test_closed_event_loop_unraisables_are_dropped_and_others_kept(
-    capsys, monkeypatch
+    capsys, bare_hooks
 ):
-  monkeypatch.setattr(sys, 'unraisablehook', cli._quiet_unraisablehook)
+  quiet.CLOSED_EVENT_LOOP.install()
   assert _unraisable_output('Event loop is closed', capsys) == ''
   assert 'a real failure' in _unraisable_output('a real failure', capsys)
 
 
 def test_a_failed_restore_drops_only_its_aborted_reads_echoes(
-    capsys, monkeypatch
+    capsys, bare_hooks
 ):
-  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)
-  monkeypatch.setattr(checkpoints._EchoFilter, 'failed', False)
-  monkeypatch.setattr(checkpoints._EchoFilter, '_previous', None)
-  checkpoints._EchoFilter.install()
-  checkpoints._EchoFilter.install()  # wraps once
-  for echo in checkpoints._ABORTED_READ_ECHOES:
+  quiet.ABORTED_READS.install()
+  quiet.ABORTED_READS.install()  # wraps once
+  for echo in quiet.ABORTED_READS.texts:
     assert _unraisable_output(f'x {echo} y', capsys) == ''
   assert 'a real failure' in _unraisable_output('a real failure', capsys)
-  checkpoints._EchoFilter.uninstall_unless_failed()  # a restore succeeded
+  quiet.ABORTED_READS.uninstall_unless_kept()  # a restore succeeded
   assert sys.unraisablehook is sys.__unraisablehook__
+
+
+def test_library_info_is_hidden_by_logger_and_package_not_path_words():
+  chatter = quiet._LibraryChatter(reported=cli.storage_problem)
+  orbax_file = os.path.join(os.path.dirname(ocp.__file__), 'manager.py')
+
+  def shown(name, level, pathname='/src/x.py', error=None):
+    exc_info = (type(error), error, None) if error else None
+    return chatter.filter(
+        logging.LogRecord(name, level, pathname, 1, 'm', (), exc_info)
+    )
+
+  assert not shown('jax._src.dispatch', logging.INFO)
+  assert shown('jax._src.dispatch', logging.WARNING)
+  assert not shown('absl', logging.INFO, orbax_file)
+  assert shown('absl', logging.WARNING, orbax_file)
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  assert not shown('absl', logging.ERROR, orbax_file, full)
+  # The project's own progress, wherever the checkout is.
+  assert shown('absl', logging.INFO, '/home/u/jax/diffusion_distillation/x.py')
 
 
 # ----------------------------------------------------------------------------
