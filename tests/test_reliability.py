@@ -607,3 +607,42 @@ def test_a_holder_whose_lock_was_taken_over_leaves_it(tmp_path, caplog):
         _another_hosts_lock(workdir, renewed=time.time())
       time.sleep(0.01)
   assert _lock_of(workdir)['host'] == 'another-host'
+
+
+class _DamagedCheckpoints:
+  """A CheckpointManager whose one step fails to restore as orbax fails on
+  a truncated file: TensorStore's error wrapped in orbax's."""
+
+  def __init__(self, directory):
+    self.directory = directory
+
+  def all_steps(self):
+    return [4] if (self.directory / '4').exists() else []
+
+  def restore(self, step, args):
+    try:
+      raise ValueError('OUT_OF_RANGE: Error reading "params.w/0" in OCDBT')
+    except ValueError as e:
+      raise Exception(
+          'Encountered error while reading array index: (slice(0, 3, 1),). '
+          'See full TensorStore details: <bound method pybind11_detail_'
+          'function_record_v1.spec of TensorStore({\n  "base": ...'
+      ) from e
+
+  def reload(self):
+    pass
+
+
+def test_a_checkpoint_that_does_not_restore_is_named_by_its_cause(
+    tmp_path, caplog
+):
+  directory = tmp_path / 'teacher'
+  (directory / '4').mkdir(parents=True)
+  mngr = _DamagedCheckpoints(directory)
+  assert checkpoints.restore_latest(mngr, {}) is None
+  (warning,) = [
+      r.getMessage() for r in caplog.records if 'restore' in r.getMessage()
+  ]
+  assert 'ValueError: OUT_OF_RANGE: Error reading "params.w/0"' in warning
+  assert 'bound method' not in warning and '\n' not in warning
+  assert os.listdir(tmp_path / 'teacher.corrupt')[0].startswith('4-')
