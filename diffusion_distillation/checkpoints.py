@@ -186,15 +186,20 @@ def restore_latest(
     except Exception as e:  # noqa: BLE001 - any failure: fall back a step
       quiet.ABORTED_READS.keep()  # its echoes may come later
       gc.collect()  # the aborted reads report now, not in later code
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      # Orbax wraps TensorStore's error (which names the damaged file) in
+      # one that quotes a repr of the C++ bindings.
+      cause = e
+      while cause.__cause__ is not None:
+        cause = cause.__cause__
+      reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
       moved = _move_aside(mngr.directory, step)
       logging.warning(
           'Checkpoint %s/%d does not restore (%s: %s); moved it to %s and '
           'resuming from the one before.',
           mngr.directory,
           step,
-          type(e).__name__,
-          reason[:200],
+          type(cause).__name__,
+          reason[:300],
           moved,
       )
       if jax.process_count() > 1:  # every process sees the step gone

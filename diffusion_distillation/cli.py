@@ -85,6 +85,15 @@ def quiet_start():
   quiet.quiet_libraries(reported=storage_problem)
 
 
+def refuse_arguments(argv):
+  """InputError for words after the program name that are not flags."""
+  if len(argv) > 1:
+    raise errors.InputError(
+        f'Unexpected argument {" ".join(argv[1:])!r}: every setting is a '
+        'flag, --name=value (see --help).'
+    )
+
+
 def exit_on_bad_input(error: errors.InputError):
   """Ends the command with the error's one line and status 2."""
   print(f'error: {error}', file=sys.stderr)

@@ -50,6 +50,30 @@ def check_batch(batch_size: int, num_devices: int, section: str):
     )
 
 
+def check_fraction(value: float, name: str):
+  """A share such as a dropout rate or an EMA decay: in [0, 1)."""
+  if not 0 <= value < 1:  # False for NaN too
+    raise errors.InputError(f'{name}={value}: give a value in [0, 1).')
+
+
+def check_positive_int(value: int, name: str):
+  if value < 1:
+    raise errors.InputError(f'{name}={value}: give at least 1.')
+
+
+def check_optimization(section: ml_collections.ConfigDict, name: str):
+  """A training section's learning rate, EMA decay and dropout (a student's
+  sections have their own dropout)."""
+  rate = section.learning_rate
+  if not 0 < rate < math.inf:  # False for NaN too
+    raise errors.InputError(
+        f'{name}.learning_rate={rate}: give a positive, finite learning rate.'
+    )
+  check_fraction(section.ema_decay, f'{name}.ema_decay')
+  if 'dropout' in section:
+    check_fraction(section.dropout, f'{name}.dropout')
+
+
 def check_dataset(dataset: ml_collections.ConfigDict):
   """The name is known; image size and classes fit a tfds dataset."""
   names = data.IN_MEMORY_DATASETS + tuple(data.TFDS_DATASETS)
@@ -131,7 +155,11 @@ def check_config(
   check_round_range(
       config.distill.start_num_steps, config.distill.end_num_steps
   )
+  check_fraction(model.dropout, 'model.dropout')
+  check_positive_int(config.log_every_steps, 'log_every_steps')
+  check_positive_int(config.sample.num_samples, 'sample.num_samples')
   for section in ('train', 'distill'):
+    check_optimization(config[section], section)
     check_batch(config[section].batch_size, num_devices, section)
     try:
       train_state.check_ema_schedule(config[section].ema_schedule)
@@ -184,6 +212,7 @@ def check_guidance(config: ml_collections.ConfigDict, num_devices: int):
     raise errors.InputError(
         f'guidance.w_min={guidance.w_min} > w_max={guidance.w_max}; swap them.'
     )
+  check_optimization(guide, 'guide')
   check_batch(guide.batch_size, num_devices, 'guide')
   try:
     train_state.check_ema_schedule(guide.ema_schedule)

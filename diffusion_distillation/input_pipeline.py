@@ -29,10 +29,13 @@ write the same files): a dataset that is not prepared under dataset.data_dir
 stops the run with the `tfds build` command that prepares it.
 """
 
+import logging as logging_lib
+
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from diffusion_distillation import data
 from diffusion_distillation import errors
@@ -146,11 +149,22 @@ def _train_split(dataset: ml_collections.ConfigDict, builder, **as_dataset):
     raise errors.InputError(_not_prepared_message(dataset, builder)) from None
 
 
+def _not_a_missing_variant_warning(record: logging_lib.LogRecord) -> bool:
+  # tfds warns that a version folder lacks its dataset_info.json on its way
+  # to failing, which check_prepared reports in one line itself.
+  return not record.getMessage().startswith('Variant folder ')
+
+
 def check_prepared(dataset: ml_collections.ConfigDict):
   """Raises InputError, naming the `tfds build` command, when the train
   split cannot be read (it reads no example)."""
-  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
-  _train_split(dataset, builder, split='train')
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(_not_a_missing_variant_warning)
+  try:
+    builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
+    _train_split(dataset, builder, split='train')
+  finally:
+    absl_logger.removeFilter(_not_a_missing_variant_warning)
 
 
 def reference_images(

@@ -17,7 +17,9 @@ from absl import logging
 from ml_collections import config_flags
 
 from diffusion_distillation import cli
+from diffusion_distillation import errors
 from diffusion_distillation import pipeline
+from diffusion_distillation import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/.', lock_config=True
@@ -71,7 +73,7 @@ def _initialize_distributed():
   )
   if not _DISTRIBUTED.value:
     if any(v is not None for v in explicit):
-      raise app.UsageError(
+      raise errors.InputError(
           '--coordinator_address, --num_processes and '
           '--process_id need --distributed.'
       )
@@ -84,9 +86,9 @@ def _initialize_distributed():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   with cli.one_line_errors():
+    cli.refuse_arguments(argv)
+    workdir_lock.check_workdir(_WORKDIR.value)
     cli.split_cpu(
         _CPU_DEVICES.value
         if _CPU_DEVICES.value is not None
@@ -97,12 +99,6 @@ def main(argv):
     if jax.process_index() > 0:
       # Every process runs the same loop; process 0 speaks for all of them.
       logging.set_verbosity(logging.WARNING)
-    logging.info(
-        'JAX process %d/%d, local devices: %s',
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_devices(),
-    )
     config = cli.loaded_config(_CONFIG, sys.argv)
     pipeline.run_mode(config, _WORKDIR.value, _MODE.value)
 

@@ -667,6 +667,13 @@ def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
   run.preflight(mode)
   timings = {}
   with workdir_lock.WorkdirLock(workdir):
+    # Logged once every input is checked: bad input stays one line.
+    logging.info(
+        'JAX process %d/%d, local devices: %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_devices(),
+    )
     run.record_config()
     try:
       for phase in phases[mode]:

@@ -25,6 +25,7 @@ against the config's network and written to <workdir>/models/<N>, where
 """
 
 import os
+import sys
 from typing import Any
 
 import flax
@@ -308,14 +309,15 @@ def _define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
-  cli.quiet_start()
   with cli.one_line_errors():
+    cli.refuse_arguments(argv)
+    workdir_lock.check_workdir(args.workdir)
+    config = cli.loaded_config(args['config'], sys.argv)
+    cli.quiet_start()
     model_steps = import_release_checkpoint(
         args.checkpoint,
-        args.config,
+        config,
         args.workdir,
         num_sample_steps=args.num_sample_steps,
         use_ema=args.use_ema,

@@ -6,8 +6,10 @@ import errno
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import orbax.checkpoint as ocp
 import pytest
@@ -18,6 +20,8 @@ from diffusion_distillation import cli
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 from diffusion_distillation import quiet
+from diffusion_distillation import workdir_lock
+from tests.conftest import HANG_SECS
 from tests.conftest import TEST_CONFIG
 from tests.conftest import assert_trees_close
 from tests.conftest import run_python
@@ -493,3 +497,188 @@ def test_a_device_descheduled_past_the_xla_abort_on_a_busy_cpu_is_waited_for():
   assert 'sum 1.0' in result.stdout
   assert 'Termination timeout' not in result.stderr
   assert 'may be stuck' not in result.stderr
+
+
+# ----------------------------------------------------------------------------
+# The lock: written whole, stale when unreadable, on a lease across hosts.
+
+
+def _lock_of(workdir) -> dict:
+  return json.loads((workdir / 'lock').read_text())
+
+
+def _another_hosts_lock(workdir, **fields):
+  (workdir / 'lock').write_text(
+      json.dumps(
+          dict(host='another-host', pid=123, started='earlier', **fields)
+      )
+  )
+
+
+@pytest.mark.parametrize(
+    'left',
+    ['empty', 'half-written', 'this process id, from an earlier process'],
+)
+def test_a_lock_left_unreadable_or_by_an_earlier_process_is_taken_over(
+    tmp_path, caplog, left
+):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  lock = workdir / 'lock'
+  if left == 'empty':  # its write failed (a full disk) or was killed
+    lock.write_text('')
+  elif left == 'half-written':
+    lock.write_text('{"host": "')
+  else:  # a restarted container's process ids start over
+    lock.write_text(
+        json.dumps({'host': socket.gethostname(), 'pid': os.getpid()})
+    )
+  long_ago = time.time() - 3600
+  os.utime(lock, (long_ago, long_ago))
+  with workdir_lock.WorkdirLock(str(workdir)):
+    assert _lock_of(workdir)['pid'] == os.getpid()
+  assert any('Taking over' in r.getMessage() for r in caplog.records)
+  assert not lock.exists()
+
+
+def test_an_unreadable_lock_being_written_is_waited_for(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lock, 'UNREADABLE_GRACE_SECS', 2.0)
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'lock').write_text('')  # just now: maybe still being written
+  start = time.time()
+  with workdir_lock.WorkdirLock(str(workdir)):
+    # Not before the grace ends (less the file times' 1 s resolution).
+    assert time.time() - start >= 1.0
+    assert _lock_of(workdir)['pid'] == os.getpid()
+
+
+def test_a_lock_is_written_whole_and_leaves_no_temporary_file(tmp_path):
+  workdir = tmp_path / 'w'
+  with workdir_lock.WorkdirLock(str(workdir)):
+    assert sorted(os.listdir(workdir)) == ['lock']
+    assert _lock_of(workdir)['host'] == socket.gethostname()
+  assert os.listdir(workdir) == []
+
+
+def test_another_hosts_lock_is_taken_over_only_past_its_lease(tmp_path, caplog):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  lease = workdir_lock.LEASE_SECS
+  _another_hosts_lock(workdir, renewed=time.time() - 10, lease_secs=lease)
+  with pytest.raises(errors.InputError) as refused:
+    with workdir_lock.WorkdirLock(str(workdir)):
+      pass
+  assert 'in use by process 123 on another-host' in str(refused.value)
+  assert 'lease ends at' in str(refused.value)
+  assert _lock_of(workdir)['host'] == 'another-host'
+
+  _another_hosts_lock(
+      workdir, renewed=time.time() - 2 * lease, lease_secs=lease
+  )
+  with workdir_lock.WorkdirLock(str(workdir)):
+    assert _lock_of(workdir)['pid'] == os.getpid()
+  (warning,) = [
+      r.getMessage() for r in caplog.records if 'Taking' in r.getMessage()
+  ]
+  assert 'another-host has not renewed it' in warning
+
+
+def test_another_hosts_lock_of_a_version_without_leases_ages_by_its_file(
+    tmp_path,
+):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  _another_hosts_lock(workdir)
+  with pytest.raises(errors.InputError, match='in use by process 123'):
+    with workdir_lock.WorkdirLock(str(workdir)):
+      pass
+  long_ago = time.time() - 2 * workdir_lock.LEASE_SECS
+  os.utime(workdir / 'lock', (long_ago, long_ago))
+  with workdir_lock.WorkdirLock(str(workdir)):
+    assert _lock_of(workdir)['pid'] == os.getpid()
+
+
+class _Clock:
+  """The `time` module, but time.time() returns `now`."""
+
+  def __init__(self, now):
+    self.now = now
+
+  def time(self):
+    return self.now
+
+  def __getattr__(self, name):
+    return getattr(time, name)
+
+
+def test_a_running_holder_renews_its_lease(tmp_path, monkeypatch):
+  clock = _Clock(1_000_000.0)
+  monkeypatch.setattr(workdir_lock, 'time', clock)
+  workdir = tmp_path / 'w'
+  lease = 60.0
+  with workdir_lock.WorkdirLock(
+      str(workdir), lease_secs=lease, renew_secs=0.01
+  ):
+    assert _lock_of(workdir)['renewed'] == clock.now
+    clock.now += 10 * lease  # unrenewed, the lease would be long over
+    deadline = time.time() + HANG_SECS
+    while _lock_of(workdir)['renewed'] != clock.now:
+      assert time.time() < deadline, 'the lease was not renewed'
+      time.sleep(0.01)
+    monkeypatch.setattr(socket, 'gethostname', lambda: 'another-host')
+    with pytest.raises(errors.InputError, match='in use by process'):
+      with workdir_lock.WorkdirLock(str(workdir)):
+        pass
+  assert not (workdir / 'lock').exists()
+
+
+def test_a_holder_whose_lock_was_taken_over_leaves_it(tmp_path, caplog):
+  workdir = tmp_path / 'w'
+  with workdir_lock.WorkdirLock(str(workdir), renew_secs=0.01):
+    deadline = time.time() + HANG_SECS
+    while not any('no longer' in r.getMessage() for r in caplog.records):
+      assert time.time() < deadline, 'the holder did not notice'
+      if _lock_of(workdir)['host'] != 'another-host':  # renewed meanwhile
+        _another_hosts_lock(workdir, renewed=time.time())
+      time.sleep(0.01)
+  assert _lock_of(workdir)['host'] == 'another-host'
+
+
+class _DamagedCheckpoints:
+  """A CheckpointManager whose one step fails to restore as orbax fails on
+  a truncated file: TensorStore's error wrapped in orbax's."""
+
+  def __init__(self, directory):
+    self.directory = directory
+
+  def all_steps(self):
+    return [4] if (self.directory / '4').exists() else []
+
+  def restore(self, step, args):
+    try:
+      raise ValueError('OUT_OF_RANGE: Error reading "params.w/0" in OCDBT')
+    except ValueError as e:
+      raise Exception(
+          'Encountered error while reading array index: (slice(0, 3, 1),). '
+          'See full TensorStore details: <bound method pybind11_detail_'
+          'function_record_v1.spec of TensorStore({\n  "base": ...'
+      ) from e
+
+  def reload(self):
+    pass
+
+
+def test_a_checkpoint_that_does_not_restore_is_named_by_its_cause(
+    tmp_path, caplog
+):
+  directory = tmp_path / 'teacher'
+  (directory / '4').mkdir(parents=True)
+  mngr = _DamagedCheckpoints(directory)
+  assert checkpoints.restore_latest(mngr, {}) is None
+  (warning,) = [
+      r.getMessage() for r in caplog.records if 'restore' in r.getMessage()
+  ]
+  assert 'ValueError: OUT_OF_RANGE: Error reading "params.w/0"' in warning
+  assert 'bound method' not in warning and '\n' not in warning
+  assert os.listdir(tmp_path / 'teacher.corrupt')[0].startswith('4-')

@@ -1,0 +1,202 @@
+"""Bad input the second round of hostile use found: each is refused in one
+line (`error: ...`, exit status 2) before anything is written."""
+
+import errno
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import cifar10
+from configs import test_guided
+from diffusion_distillation import cli
+from diffusion_distillation import errors
+from diffusion_distillation import input_pipeline
+from diffusion_distillation import pipeline
+from diffusion_distillation import workdir_lock
+from tests.conftest import HANG_SECS
+from tests.conftest import REPO
+from tests.conftest import tiny_config
+from tests.conftest import with_overrides
+
+_LONG_NAME = 'a' * 300  # file systems allow 255 bytes per name
+
+
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'log_every_steps': 0}, 'log_every_steps=0: give at least 1'),
+        ({'train.learning_rate': math.nan}, 'train.learning_rate=nan'),
+        ({'train.learning_rate': -1.0}, 'train.learning_rate=-1.0'),
+        ({'train.learning_rate': 0.0}, 'train.learning_rate=0.0'),
+        ({'train.learning_rate': math.inf}, 'train.learning_rate=inf'),
+        ({'distill.learning_rate': math.nan}, 'distill.learning_rate=nan'),
+        ({'distill.learning_rate': -1e-4}, 'distill.learning_rate=-0.0001'),
+        ({'train.ema_decay': 1.5}, r'train.ema_decay=1.5: .* \[0, 1\)'),
+        ({'train.ema_decay': 1.0}, 'train.ema_decay=1.0'),
+        ({'train.ema_decay': -0.1}, 'train.ema_decay=-0.1'),
+        ({'distill.ema_decay': 1.0}, 'distill.ema_decay=1.0'),
+        ({'model.dropout': 2.0}, r'model.dropout=2.0: .* \[0, 1\)'),
+        ({'model.dropout': 1.0}, 'model.dropout=1.0'),
+        ({'model.dropout': -0.5}, 'model.dropout=-0.5'),
+        ({'model.dropout': math.nan}, 'model.dropout=nan'),
+        ({'distill.dropout': 1.0}, 'distill.dropout=1.0'),
+        ({'sample.num_samples': 0}, 'sample.num_samples=0: give at least 1'),
+        ({'sample.num_samples': -3}, 'sample.num_samples=-3'),
+        ({'eval.num_samples': 0}, 'eval.num_samples=0'),
+    ],
+)
+def test_bad_config_values_are_refused_before_any_write(
+    tmp_path, overrides, message
+):
+  workdir = str(tmp_path / 'w')
+  with pytest.raises(errors.InputError, match=message) as refused:
+    pipeline.run_mode(tiny_config(**overrides), workdir, 'train')
+  assert '\n' not in str(refused.value)
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'guide.learning_rate': math.nan}, 'guide.learning_rate=nan'),
+        ({'guide.learning_rate': -1.0}, 'guide.learning_rate=-1.0'),
+        ({'guide.ema_decay': 1.5}, 'guide.ema_decay=1.5'),
+        ({'guide.dropout': 1.0}, 'guide.dropout=1.0'),
+    ],
+)
+def test_bad_guide_values_are_refused_before_any_write(
+    tmp_path, overrides, message
+):
+  workdir = str(tmp_path / 'w')
+  config = with_overrides(test_guided.get_config(), **overrides)
+  with pytest.raises(errors.InputError, match=message):
+    pipeline.run_mode(config, workdir, 'train')
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(
+    'workdir,message',
+    [
+        ('', '--workdir is empty'),
+        ('  ', '--workdir is empty'),
+        ('{tmp}/a_file/sub', 'is under {tmp}/a_file, a file'),
+        ('{tmp}/a_file', 'is a file'),
+        (f'{{tmp}}/{_LONG_NAME}/w', 'the name aaaa'),
+        (f'{{tmp}}/w/{_LONG_NAME}', '300 bytes, longer than the 255'),
+    ],
+)
+def test_workdirs_that_cannot_be_are_refused_before_any_write(
+    tmp_path, workdir, message
+):
+  (tmp_path / 'a_file').write_text('mine')
+  workdir = workdir.format(tmp=tmp_path)
+  message = message.format(tmp=tmp_path)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(errors.InputError, match=message) as refused:
+    workdir_lock.check_workdir(workdir)
+  assert '\n' not in str(refused.value)
+  if workdir.strip():  # an empty one would be the current directory
+    with pytest.raises(errors.InputError, match=message):
+      pipeline.run_mode(tiny_config(), workdir, 'train')
+  assert sorted(os.listdir(tmp_path)) == before
+  assert (tmp_path / 'a_file').read_text() == 'mine'
+
+
+@pytest.mark.parametrize(
+    'code,named',
+    [
+        (errno.EROFS, 'is on a read-only file system'),
+        (errno.EACCES, 'is not writable'),
+        (errno.ENOSPC, 'is on a full disk: the run cannot start (free space'),
+    ],
+)
+def test_a_workdir_that_cannot_be_written_stops_a_new_run_as_bad_input(
+    tmp_path, monkeypatch, capsys, code, named
+):
+  def refused_write(self, text):
+    raise OSError(code, os.strerror(code), str(tmp_path / 'w' / 'lock'))
+
+  monkeypatch.setattr(workdir_lock.WorkdirLock, '_create', refused_write)
+  with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+    pipeline.run_mode(tiny_config(), str(tmp_path / 'w'), 'train')
+  assert exit_info.value.code == cli.EXIT_BAD_INPUT
+  (printed,) = capsys.readouterr().err.strip().splitlines()
+  assert named in printed and 'resume' not in printed
+
+
+def test_a_stray_argument_is_refused_in_one_line():
+  cli.refuse_arguments(['main.py'])
+  with pytest.raises(errors.InputError, match="Unexpected argument 'stray'"):
+    cli.refuse_arguments(['main.py', 'stray'])
+
+
+def test_unprepared_tfds_data_is_reported_without_tfds_warnings(
+    tmp_path, caplog
+):
+  config = cifar10.get_config()
+  config.dataset.data_dir = str(tmp_path / 'empty')
+  with pytest.raises(errors.InputError, match='tfds build cifar10'):
+    input_pipeline.check_prepared(config.dataset)
+  assert not [r for r in caplog.records if 'Variant folder' in r.getMessage()]
+
+
+# Each command prints nothing but its one line: no log line before it, no
+# usage text, no traceback.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'command,message',
+    [
+        (
+            ['--config.log_every_steps=0', '--workdir={tmp}/w'],
+            'log_every_steps=0',
+        ),
+        (['--workdir='], '--workdir is empty'),
+        (['--workdir={tmp}/a_file/sub'], 'a file'),
+        ([f'--workdir={{tmp}}/{_LONG_NAME}'], 'longer than the 255'),
+        (['--workdir={tmp}/w', 'stray'], "Unexpected argument 'stray'"),
+        (
+            [
+                f'--config={REPO}/configs/cifar10.py',
+                '--config.dataset.data_dir={tmp}/empty',
+                '--workdir={tmp}/w',
+            ],
+            'tfds build cifar10',
+        ),
+        (
+            [
+                'release_import',
+                '--config=configs/nope.py',
+                '--checkpoint={tmp}/release',
+                '--workdir={tmp}/w',
+            ],
+            '--config=configs/nope.py: no such file',
+        ),
+    ],
+)
+def test_the_commands_say_only_one_line(tmp_path, command, message):
+  (tmp_path / 'a_file').write_text('mine')
+  module = 'main'
+  if command[0] == 'release_import':
+    module, command = command[0], command[1:]
+  if not any(arg.startswith('--config=') for arg in command):
+    command = [f'--config={REPO}/configs/test.py'] + command
+  command = [arg.format(tmp=tmp_path) for arg in command]
+  # Not the repository: an empty --workdir would be the current directory.
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', f'diffusion_distillation.{module}'] + command,
+      cwd=cwd,
+      env=dict(os.environ, PYTHONPATH=REPO),
+      capture_output=True,
+      text=True,
+      timeout=HANG_SECS,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  (line,) = result.stderr.strip().splitlines()
+  assert line.startswith('error: ') and message in line
+  assert sorted(os.listdir(tmp_path)) == ['a_file', 'cwd']
+  assert os.listdir(cwd) == []
