@@ -273,7 +273,7 @@ class Run:
     """Runs `run_step` from state.step to `num_updates`, logging and saving.
 
     Every periodic save, and the return, come after a health check (see
-    health.py): a non-finite state is never saved or returned.
+    health.py): a diverged state is never saved or returned.
 
     Args:
       section: 'train', 'guide' or 'distill' (config section and metric
@@ -290,8 +290,7 @@ class Run:
       (state, the last logged metrics as floats).
 
     Raises:
-      RunStopped when the state went non-finite or too many updates were
-      skipped.
+      RunStopped when the state diverged or too many updates were skipped.
     """
     from clu import periodic_actions
 
@@ -301,28 +300,14 @@ class Run:
         writer=self.writer,
         every_secs=30.0,
     )
-    # With skipping on, a non-finite update leaves the state as it was;
-    # with it off, it makes the state non-finite.
-    skips = (
-        health.SkipMonitor(section, phase.substeps, phase.max_skipped_fraction)
-        if phase.skip_nonfinite_updates
-        else None
-    )
-
-    def check_health(step, final=False):
-      if skips:
-        skips.check(step, phase.learning_rate, final=final)
-      if not health.is_finite(state):
-        raise health.diverged(section, step, last_good, phase.learning_rate)
-
+    guard = health.StateGuard(section, phase, state.params, last_good)
     step = int(state.step)
     last_save = time.time()
     logged = {}
     while step < num_updates:
       batch = self.batch_at(section, step_offset + step)
       state, metrics = run_step(state, batch)
-      if skips:
-        skips.add(metrics['nonfinite'])
+      guard.dispatched(metrics)
       step += phase.substeps
       global_step = step_offset + step
       report(global_step)
@@ -330,7 +315,7 @@ class Run:
           step >= num_updates
       ):
         logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        check_health(step)
+        guard.check(state, step)
         self.writer.write_scalars(
             global_step, {f'{section}/{k}': v for k, v in logged.items()}
         )
@@ -339,10 +324,10 @@ class Run:
       )
       due_by_time = time.time() - last_save >= every.every_secs
       if step < num_updates and (due_by_steps or due_by_time):
-        check_health(step)
-        last_good = save(state)
+        guard.check(state, step)
+        guard.saved(save(state))
         last_save = time.time()
-    check_health(step, final=True)
+    guard.check(state, step, final=True)
     return state, logged
 
   def train_continuous_phase(
