@@ -8,6 +8,7 @@ On several hosts, run the same command on every host with --distributed (and
 a workdir that all hosts share, e.g. gs://); see launch/.
 """
 
+import contextlib
 import sys
 
 import jax
@@ -18,6 +19,7 @@ from ml_collections import config_flags
 
 from diffusion_distillation import cli
 from diffusion_distillation import pipeline
+from diffusion_distillation import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/.', lock_config=True
@@ -86,7 +88,12 @@ def _initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  with cli.one_line_errors():
+  # The processes of a --distributed run would have to agree on the step to
+  # stop at; until they do, a signal ends them as it did (see preemption.py).
+  signals = (
+      contextlib.nullcontext() if _DISTRIBUTED.value else preemption.handled()
+  )
+  with cli.one_line_errors(), signals:
     cli.split_cpu(
         _CPU_DEVICES.value
         if _CPU_DEVICES.value is not None
