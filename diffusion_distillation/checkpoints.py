@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from diffusion_distillation import errors
 from diffusion_distillation import files
+from diffusion_distillation import preemption
 from diffusion_distillation import quiet
 
 # Config parts that may change between a run and its resumption: they do
@@ -144,15 +145,17 @@ def manager(directory: str, *, max_to_keep: int | None):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, tree: Any, meta: dict):
-  """Saves `tree` and a JSON `meta` at `step`; written atomically by orbax."""
-  mngr.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-      ),
-      force=True,
-  )
-  mngr.wait_until_finished()
+  """Saves `tree` and a JSON `meta` at `step`; written atomically by orbax,
+  and finished even when SIGTERM or SIGINT comes (preemption.py)."""
+  with preemption.shielded():
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+        ),
+        force=True,
+    )
+    mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_tree: Any):

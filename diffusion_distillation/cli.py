@@ -6,13 +6,21 @@ Exit statuses of `main` and `release_import`:
      use or holding another run): one line, `error: ...`, saying what to
      change; nothing was written;
   3  the run stopped part-way (it diverged, the disk is full or read-only):
-     one line saying how to resume; what was saved before is intact.
+     one line saying how to resume; what was saved before is intact;
+  143, 130  stopped by SIGTERM or SIGINT (128 + the signal's number, what a
+     shell reports for a process the signal ended, so launchers and
+     schedulers that look for 143 to requeue a preempted job see one): one
+     line, `stopped by SIGTERM at train step N, saved as ...; rerun the same
+     command to resume`, after saving a checkpoint and releasing the
+     workdir's lock. Unlike 3, the same command resumes as it is
+     (preemption.py).
 """
 
 import contextlib
 import errno
 import importlib.util
 import os
+import signal
 import sys
 
 import jax
@@ -20,6 +28,7 @@ import ml_collections
 from absl import flags
 
 from diffusion_distillation import errors
+from diffusion_distillation import preemption
 from diffusion_distillation import quiet
 
 EXIT_BAD_INPUT = 2
@@ -215,11 +224,19 @@ def storage_problem(error: BaseException) -> str:
 @contextlib.contextmanager
 def one_line_errors():
   """Ends the command with one line and status 2 or 3 for the errors a user
-  can act on; anything else keeps its traceback (a bug to report)."""
+  can act on, and 128 + the signal's number for SIGTERM and SIGINT; anything
+  else keeps its traceback (a bug to report)."""
   try:
     yield
   except errors.InputError as e:
     exit_on_bad_input(e)
+  except preemption.Stopped as e:
+    print(e.message, file=sys.stderr)
+    sys.exit(e.exit_status)
+  except KeyboardInterrupt:  # SIGINT before the handlers (or without them)
+    stopped = preemption.Stopped(signal.SIGINT)
+    print(stopped.message, file=sys.stderr)
+    sys.exit(stopped.exit_status)
   except errors.RunStopped as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_STOPPED)

@@ -11,6 +11,8 @@ import os
 
 from etils import epath
 
+from diffusion_distillation import preemption
+
 
 def as_path(path) -> epath.Path:
   """A local path made absolute, or a URL such as gs://bucket/dir as it is
@@ -23,11 +25,12 @@ def write_atomically(path, data):
   file renamed into place."""
   path = as_path(path)
   tmp = path.parent / f'{path.name}.tmp'
-  if isinstance(data, str):
-    tmp.write_text(data)
-  else:
-    tmp.write_bytes(data)
-  tmp.replace(path)  # rename() refuses an existing file; a rerun overwrites
+  with preemption.shielded():  # no stray .tmp left by SIGTERM or SIGINT
+    if isinstance(data, str):
+      tmp.write_text(data)
+    else:
+      tmp.write_bytes(data)
+    tmp.replace(path)  # rename() refuses an existing file; a rerun overwrites
 
 
 def _json_safe(value):

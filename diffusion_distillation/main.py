@@ -8,6 +8,7 @@ On several hosts, run the same command on every host with --distributed (and
 a workdir that all hosts share, e.g. gs://); see launch/.
 """
 
+import contextlib
 import sys
 
 import jax
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 from diffusion_distillation import cli
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
+from diffusion_distillation import preemption
 from diffusion_distillation import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -86,7 +88,12 @@ def _initialize_distributed():
 
 
 def main(argv):
-  with cli.one_line_errors():
+  # The processes of a --distributed run would have to agree on the step to
+  # stop at; until they do, a signal ends them as it did (see preemption.py).
+  signals = (
+      contextlib.nullcontext() if _DISTRIBUTED.value else preemption.handled()
+  )
+  with cli.one_line_errors(), signals:
     cli.refuse_arguments(argv)
     workdir_lock.check_workdir(_WORKDIR.value)
     cli.split_cpu(

@@ -22,6 +22,7 @@ from diffusion_distillation import guided
 from diffusion_distillation import guided_evaluation
 from diffusion_distillation import health
 from diffusion_distillation import network as network_lib
+from diffusion_distillation import preemption
 from diffusion_distillation import sampling
 from diffusion_distillation import sharding
 from diffusion_distillation import trainer as trainer_lib
@@ -273,7 +274,9 @@ class Run:
     """Runs `run_step` from state.step to `num_updates`, logging and saving.
 
     Every periodic save, and the return, come after a health check (see
-    health.py): a non-finite state is never saved or returned.
+    health.py): a diverged state is never saved or returned. On SIGTERM or
+    SIGINT (see preemption.py) it saves after the dispatch in flight and
+    raises preemption.Stopped.
 
     Args:
       section: 'train', 'guide' or 'distill' (config section and metric
@@ -290,8 +293,8 @@ class Run:
       (state, the last logged metrics as floats).
 
     Raises:
-      RunStopped when the state went non-finite or too many updates were
-      skipped.
+      RunStopped when the state diverged or too many updates were skipped;
+      preemption.Stopped on a signal, after saving.
     """
     from clu import periodic_actions
 
@@ -301,48 +304,44 @@ class Run:
         writer=self.writer,
         every_secs=30.0,
     )
-    # With skipping on, a non-finite update leaves the state as it was;
-    # with it off, it makes the state non-finite.
-    skips = (
-        health.SkipMonitor(section, phase.substeps, phase.max_skipped_fraction)
-        if phase.skip_nonfinite_updates
-        else None
-    )
-
-    def check_health(step, final=False):
-      if skips:
-        skips.check(step, phase.learning_rate, final=final)
-      if not health.is_finite(state):
-        raise health.diverged(section, step, last_good, phase.learning_rate)
-
+    guard = health.StateGuard(section, phase, state.params, last_good)
     step = int(state.step)
     last_save = time.time()
     logged = {}
-    while step < num_updates:
-      batch = self.batch_at(section, step_offset + step)
-      state, metrics = run_step(state, batch)
-      if skips:
-        skips.add(metrics['nonfinite'])
-      step += phase.substeps
-      global_step = step_offset + step
-      report(global_step)
-      if step % self.config.log_every_steps < phase.substeps or (
-          step >= num_updates
-      ):
-        logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        check_health(step)
-        self.writer.write_scalars(
-            global_step, {f'{section}/{k}': v for k, v in logged.items()}
+    with preemption.deferred():
+      while step < num_updates:
+        batch = self.batch_at(section, step_offset + step)
+        state, metrics = run_step(state, batch)
+        guard.dispatched(metrics)
+        step += phase.substeps
+        global_step = step_offset + step
+        report(global_step)
+        if step % self.config.log_every_steps < phase.substeps or (
+            step >= num_updates
+        ):
+          logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          guard.check(state, step)
+          self.writer.write_scalars(
+              global_step, {f'{section}/{k}': v for k, v in logged.items()}
+          )
+        due_by_steps = every.every_steps and (
+            step % every.every_steps < phase.substeps
         )
-      due_by_steps = every.every_steps and (
-          step % every.every_steps < phase.substeps
-      )
-      due_by_time = time.time() - last_save >= every.every_secs
-      if step < num_updates and (due_by_steps or due_by_time):
-        check_health(step)
-        last_good = save(state)
-        last_save = time.time()
-    check_health(step, final=True)
+        due_by_time = time.time() - last_save >= every.every_secs
+        saved_now = step < num_updates and (due_by_steps or due_by_time)
+        if saved_now:
+          guard.check(state, step)
+          guard.saved(save(state))
+          last_save = time.time()
+        # Dispatch counts: the ids JAX's preemption sync expects, +1 each.
+        if preemption.requested(global_step // phase.substeps):
+          if not saved_now:
+            guard.check(state, step)
+            guard.saved(save(state))
+          preemption.stop(
+              f'at {section} step {global_step}, saved as {guard.last_good}'
+          )
+    guard.check(state, step, final=True)
     return state, logged
 
   def train_continuous_phase(

@@ -33,7 +33,9 @@ Options [default]:
 
 Flags after -- go to main.py, e.g.
   -- --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
-Rerunning `run` with the same --run resumes; a run still going is refused.
+Rerunning `run` with the same --run resumes, on a slice created again if it
+was preempted; a run still going is refused. A run stopped by SIGTERM (a
+preemption) saves a checkpoint first and exits with status 143.
 EOF
 }
 
@@ -107,12 +109,26 @@ case "$command" in
     exit 0 ;;
 esac
 
-if "${tpu[@]}" describe "$name" "${where[@]}" --format='value(state)' \
-  >/dev/null 2>&1; then
-  echo "Reusing TPU VM $name"
-else
+workdir="$bucket/$run"
+create_slice() {
   "${tpu[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" \
     --version="$version" "${spot[@]}"
+}
+# A preempted Spot slice stays, stopped, in state PREEMPTED: it is deleted
+# and created again, and the run resumes from its workdir (main.py saved a
+# checkpoint on the preemption's SIGTERM).
+if state="$("${tpu[@]}" describe "$name" "${where[@]}" \
+  --format='value(state)' 2>/dev/null)"; then
+  if [[ "$state" == PREEMPTED || "$state" == TERMINATED ]]; then
+    echo "TPU VM $name was preempted ($state): creating it again; the run" \
+      "resumes from $workdir"
+    "${tpu[@]}" delete "$name" "${where[@]}" --quiet
+    create_slice
+  else
+    echo "Reusing TPU VM $name"
+  fi
+else
+  create_slice
 fi
 
 # The checkout as it is (tracked and untracked files, not ignored ones), so
@@ -138,7 +154,6 @@ cd $remote_dir
 [ -d .venv ] || python3.11 -m venv .venv
 .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2'"
 
-workdir="$bucket/$run"
 main=(.venv/bin/python -m diffusion_distillation.main --distributed
   "--config=$config" "--workdir=$workdir" "--mode=$mode" "${main_flags[@]}")
 printf -v main_line '%q ' "${main[@]}"

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 # Compiling a U-Net step takes seconds on CPU; caching compiled executables
@@ -71,29 +72,38 @@ def run_python(args, *, env=None, timeout=HANG_SECS, **kwargs):
   )
 
 
-def kill_main_when_saved(flags, checkpoint_dir, *, what: str):
-  """Starts `python -m diffusion_distillation.main flags...` and SIGKILLs
-  it as soon as `checkpoint_dir` is committed on disk (orbax's
-  commit_success.txt), i.e. mid-phase. Fails if the run ends first or
-  hangs (HANG_SECS)."""
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
-      cwd=REPO,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
-  )
-  try:
-    deadline = time.time() + HANG_SECS
-    committed = os.path.join(checkpoint_dir, 'commit_success.txt')
-    while not os.path.exists(committed):
-      assert proc.poll() is None, f'{what} ended before it could be killed'
-      assert time.time() < deadline, f'no {what} checkpoint appeared'
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
+def kill_main_when_saved(
+    flags, checkpoint_dir, *, what: str, signum=signal.SIGKILL
+):
+  """Starts `python -m diffusion_distillation.main flags...` and sends it
+  `signum` (SIGKILL: killed outright) as soon as `checkpoint_dir` is
+  committed on disk (orbax's commit_success.txt), i.e. mid-phase. Fails if
+  the run ends first or hangs (HANG_SECS).
+
+  Returns:
+    (the exit status, what the run wrote to stderr).
+  """
+  with tempfile.TemporaryFile('w+') as stderr:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'diffusion_distillation.main'] + flags,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    try:
+      deadline = time.time() + HANG_SECS
+      committed = os.path.join(checkpoint_dir, 'commit_success.txt')
+      while not os.path.exists(committed):
+        assert proc.poll() is None, f'{what} ended before it could be killed'
+        assert time.time() < deadline, f'no {what} checkpoint appeared'
+        time.sleep(0.02)
+      proc.send_signal(signum)
+      proc.wait(timeout=HANG_SECS)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    stderr.seek(0)
+    return proc.returncode, stderr.read()
 
 
 def saved_params(workdir, num_sample_steps, config):

@@ -20,12 +20,13 @@ GPU = os.path.join(REPO, 'launch', 'gpu_host.sh')
 _BASH = shutil.which('bash')
 
 # Records each call as one JSON line [program, args...]; `describe` fails
-# unless the test says the slice exists.
+# unless the test says the slice exists, and prints its state.
 _RECORDER = f"""#!{sys.executable}
 import json, os, sys
 with open(os.environ['CALLS'], 'a') as f:
   f.write(json.dumps([os.path.basename(sys.argv[0])] + sys.argv[1:]) + '\\n')
 if sys.argv[4:5] == ['describe']:
+  print(os.environ.get('DESCRIBE_STATE', 'READY'))
   sys.exit(int(os.environ.get('DESCRIBE_RC', '1')))
 """
 
@@ -230,6 +231,30 @@ def test_tpu_run_reuses_an_existing_slice_and_delete_deletes(fake_bin):
       '--zone=z',
       '--quiet',
   ]]
+
+
+def test_tpu_run_recreates_a_preempted_slice_and_resumes_its_workdir(fake_bin):
+  directory, calls_file, read = fake_bin
+  env = {'CALLS': calls_file, 'DESCRIBE_RC': '0', 'DESCRIBE_STATE': 'PREEMPTED'}
+  args = ['--project=p', '--zone=z', '--bucket=gs://b', '--run=r', '--spot']
+  result = _bash(TPU, 'run', *args, fake_bin=directory, env=env)
+  assert result.returncode == 0, result.stderr
+  assert 'was preempted (PREEMPTED)' in result.stdout
+  assert 'resumes from gs://b/r' in result.stdout
+  calls = read()
+  assert [c[4] for c in calls] == [
+      'describe',
+      'delete',
+      'create',
+      'scp',
+      'ssh',
+      'ssh',
+      'ssh',
+  ]
+  assert calls[1][5:] == ['dd-tpu', '--project=p', '--zone=z', '--quiet']
+  assert '--spot' in calls[2]
+  start = calls[5][-1]
+  assert '--workdir=gs://b/r' in start and '--distributed' in start
 
 
 def test_gpu_host_runs_one_process_on_all_local_gpus(fake_bin, tmp_path):

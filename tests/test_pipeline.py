@@ -4,6 +4,8 @@ after SIGKILL; data parallelism; no recompilation; bad input."""
 import json
 import logging
 import os
+import re
+import signal
 
 import jax
 import numpy as np
@@ -132,6 +134,73 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
         saved_params(resumed, num_steps, tiny_config(**overrides)),
         saved_params(reference, num_steps, tiny_config(**overrides)),
     )
+
+
+# A teacher long enough that a signal sent once its first checkpoint is on
+# disk lands mid-training: 500 dispatches, a checkpoint every 50.
+_LONG_TEACHER = {
+    'train.num_steps': 1000,
+    'checkpoint.every_steps': 100,
+    'log_every_steps': 100,
+}
+
+
+@pytest.fixture(scope='module')
+def long_teacher(tmp_path_factory):
+  """The teacher of an uninterrupted _LONG_TEACHER run."""
+  workdir = str(tmp_path_factory.mktemp('long') / 'reference')
+  config = tiny_config(**_LONG_TEACHER)
+  pipeline.run_mode(config, workdir, 'train')
+  return saved_params(workdir, 0, config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'signum,status', [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
+)
+def test_a_signal_mid_teacher_saves_stops_in_one_line_and_resumes_exactly(
+    long_teacher, tmp_path, signum, status
+):
+  workdir = str(tmp_path / 'w')
+  # One CPU device, as the in-process reference.
+  flags = [
+      f'--config={TEST_CONFIG}',
+      f'--workdir={workdir}',
+      '--mode=train',
+      '--cpu_devices=1',
+  ]
+  flags += [f'--config.{k}={v}' for k, v in _LONG_TEACHER.items()]
+  returncode, stderr = kill_main_when_saved(
+      flags,
+      os.path.join(workdir, 'teacher', '100'),
+      what='the teacher',
+      signum=signum,
+  )
+  assert returncode == status, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
+  last = stderr.strip().splitlines()[-1]
+  stopped = re.fullmatch(
+      f'stopped by {signum.name} at train step (\\d+), saved as '
+      f'{re.escape(workdir)}/teacher/(\\d+); rerun the same command to resume',
+      last,
+  )
+  assert stopped, last
+  step = int(stopped.group(1))
+  assert stopped.group(2) == str(step) and 100 <= step < 1000
+  assert os.path.exists(
+      os.path.join(workdir, 'teacher', str(step), 'commit_success.txt')
+  )
+  assert not os.path.exists(os.path.join(workdir, 'lock'))
+  assert checkpoints.saved_models(workdir) == []
+
+  result = run_python(['-m', 'diffusion_distillation.main'] + flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resuming teacher training at step {step}' in result.stderr
+  assert_trees_close(
+      saved_params(workdir, 0, tiny_config(**_LONG_TEACHER)),
+      long_teacher,
+      atol=0,
+  )
 
 
 _DATA_PARALLEL_SCRIPT = r"""
