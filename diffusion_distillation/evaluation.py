@@ -47,7 +47,6 @@ import numpy as np
 from absl import logging
 from matplotlib import figure
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import data
 from diffusion_distillation import errors
 from diffusion_distillation import fid as fid_lib
@@ -57,6 +56,7 @@ from diffusion_distillation import metrics
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import reference_network
 from diffusion_distillation import sampling
+from diffusion_distillation import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ def check_can_evaluate(config, workdir) -> list:
           f'eval.{field}={path} does not exist; give an existing file '
           '(local or gs://), see docs/reproducing.md.'
       )
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   if not models:
     raise errors.InputError(
         f'No models in {workdir}/models to evaluate: run --mode=train (and '
@@ -222,19 +222,12 @@ def _evaluate_digits(run, models: list) -> dict:
   start = time.time()
   scoring = DigitsScoring(settings)
   sampler, noise, labels = eval_sampler(run)
-  abstract = run.abstract_params()
   params, samples = {}, {}
 
   def samples_of(entry: Entry):
     if entry not in samples:
       if entry.model_steps not in params:
-        params[entry.model_steps], _ = checkpoints.load_model(
-            workdir,
-            abstract,
-            num_sample_steps=entry.model_steps,
-            sharding=run.replicated,
-            source='model',
-        )
+        params[entry.model_steps] = run.store.load(entry.model_steps)
       samples[entry] = sampler.sample(
           params[entry.model_steps],
           num_steps=entry.num_steps,
@@ -362,13 +355,7 @@ def _evaluate_inception(run, models: list) -> dict:
   for index, entry in enumerate(entries):
     entry_start = time.time()
     if entry.model_steps != loaded_steps:  # one model on the devices at once
-      params, _ = checkpoints.load_model(
-          workdir,
-          run.abstract_params(),
-          num_sample_steps=entry.model_steps,
-          sharding=run.replicated,
-          source='model',
-      )
+      params = run.store.load(entry.model_steps)
       loaded_steps = entry.model_steps
     x = sampler.sample(
         params,

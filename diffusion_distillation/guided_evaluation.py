@@ -34,11 +34,10 @@ import numpy as np
 from absl import logging
 from matplotlib import figure
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import errors
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
-from diffusion_distillation import guided
+from diffusion_distillation import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Entry:
 def plan(config, workdir) -> list:
   """The entries to evaluate for what the workdir holds."""
   settings = config.eval
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   entries = []
   for w in settings.guidance:
     w = float(w)
@@ -83,7 +82,7 @@ def plan(config, workdir) -> list:
           Entry('teacher', 0, 'ancestral', n, w)
           for n in settings.ancestral_num_steps
       ]
-    if guided.has_stage_one_model(workdir):
+    if workdir_lib.has_stage_one_model(workdir):
       entries.append(
           Entry('guide', 0, 'ddim', config.distill.start_num_steps, w)
       )
@@ -108,7 +107,7 @@ def check_can_evaluate(config, workdir):
         'This config has no eval section; --mode=eval needs one (see '
         'configs/digits_guided.py).'
     )
-  if not checkpoints.saved_models(workdir):
+  if not workdir_lib.saved_models(workdir):
     raise errors.InputError(
         f'No models in {workdir}/models to evaluate: run --mode=train (then '
         'guide and distill) first.'
@@ -130,8 +129,8 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   scoring = evaluation.DigitsScoring(settings)
   sampler, noise, labels = evaluation.eval_sampler(run)
   loaders = {
-      'teacher': lambda: guided.load_teacher(run),
-      'guide': lambda: guided.load_stage_one(run),
+      'teacher': run.store.load_teacher,
+      'guide': run.store.load_stage_one,
   }
   params, samples = {}, {}
 
@@ -139,13 +138,7 @@ def evaluate(run, *, entries: list | None = None) -> dict:
     key = (entry.model, entry.model_steps)
     if key not in params:
       if entry.model == 'student':
-        params[key], _ = checkpoints.load_model(
-            workdir,
-            run.abstract_params(),
-            num_sample_steps=entry.model_steps,
-            sharding=run.replicated,
-            source='model',
-        )
+        params[key] = run.store.load(entry.model_steps)
       else:
         params[key] = loaders[entry.model]()
     return params[key]
@@ -168,7 +161,7 @@ def evaluate(run, *, entries: list | None = None) -> dict:
       samples[entry] = (x, time.time() - entry_start)
     return samples[entry]
 
-  has_teacher = 0 in checkpoints.saved_models(workdir)
+  has_teacher = 0 in workdir_lib.saved_models(workdir)
   rows = []
   for entry in plan(config, workdir) if entries is None else entries:
     x, sampling_seconds = samples_of(entry)
