@@ -31,8 +31,8 @@ from absl import flags
 from benchmarks import command
 from benchmarks import timing
 from configs import test as test_config
-from diffusion_distillation import checkpoints
 from diffusion_distillation import network as network_lib
+from diffusion_distillation import workdir as workdir_lib
 
 
 def _define_flags():
@@ -121,8 +121,8 @@ def _outputs(workdir, config) -> dict:
       network_lib.build_network(config, dropout=0.0), config
   )
   arrays = {}
-  for steps in checkpoints.saved_models(workdir):
-    params, _ = checkpoints.load_model(
+  for steps in workdir_lib.saved_models(workdir):
+    params, _ = workdir_lib.load_model(
         workdir, abstract, num_sample_steps=steps
     )
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:

@@ -32,13 +32,13 @@ from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
-from diffusion_distillation import checkpoints
 from diffusion_distillation import eval_report
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import guided
 from diffusion_distillation import guided_evaluation
 from diffusion_distillation import pipeline
+from diffusion_distillation import workdir as workdir_lib
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -156,18 +156,12 @@ def sampling_times(run, *, repeats: int) -> dict:
   counts, at w = sample.guidance; the speed-ups are ratios of these."""
   settings = run.config.eval
   sampler, _, labels = evaluation.eval_sampler(run)
-  models = checkpoints.saved_models(run.workdir)
+  models = run.store.models()
   ways = []
   for n in sorted({1, STUDENT_STEPS} & set(models)):
-    params, _ = checkpoints.load_model(
-        run.workdir,
-        run.abstract_params(),
-        num_sample_steps=n,
-        sharding=run.replicated,
-    )
-    ways.append((f'student_{n}', params, n, n))
+    ways.append((f'student_{n}', run.store.load(n), n, n))
   if 0 in models:
-    teacher = guided.load_teacher(run)
+    teacher = run.store.load_teacher()
     for n in sorted(set(settings.teacher_num_steps)):
       ways.append((f'guided_ddim_{n}', teacher, n, 2 * n))
   times = {}
@@ -244,14 +238,14 @@ def main(args):
   speed = sampling_times(run, repeats=args.timing_repeats)
   wall['sampling_times'] = time.time() - start
 
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   # Training times travel with the models, so a reused workdir still
   # reports what its training cost (each phase's last leg if resumed).
   training = {
-      'teacher_seconds': checkpoints.model_meta(workdir, 0).get('seconds'),
-      'stage_one_seconds': guided.stage_one_meta(workdir).get('seconds'),
+      'teacher_seconds': workdir_lib.model_meta(workdir, 0).get('seconds'),
+      'stage_one_seconds': workdir_lib.stage_one_meta(workdir).get('seconds'),
       'distill_round_seconds': {
-          n: checkpoints.model_meta(workdir, n).get('seconds')
+          n: workdir_lib.model_meta(workdir, n).get('seconds')
           for n in models
           if n > 0
       },

@@ -28,11 +28,11 @@ from benchmarks import command
 from benchmarks import timing
 from configs import digits
 from configs import test as test_config
-from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import evaluation
 from diffusion_distillation import files
 from diffusion_distillation import pipeline
+from diffusion_distillation import workdir as workdir_lib
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -185,14 +185,14 @@ def main(args):
       ),
   )
 
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   timings = {
       # Training times travel with the models, so a reused workdir still
       # reports what its training cost.
       # (None for models saved before the pipeline recorded it).
-      'teacher_seconds': checkpoints.model_meta(workdir, 0).get('seconds'),
+      'teacher_seconds': workdir_lib.model_meta(workdir, 0).get('seconds'),
       'distill_round_seconds': {
-          n: checkpoints.model_meta(workdir, n).get('seconds')
+          n: workdir_lib.model_meta(workdir, n).get('seconds')
           for n in models
           if n > 0
       },

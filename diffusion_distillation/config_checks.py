@@ -13,6 +13,7 @@ import ml_collections
 from diffusion_distillation import data
 from diffusion_distillation import diffusion
 from diffusion_distillation import errors
+from diffusion_distillation import phases
 from diffusion_distillation import sampling
 from diffusion_distillation import schedules
 from diffusion_distillation import train_state
@@ -158,33 +159,8 @@ def check_config(
   check_fraction(model.dropout, 'model.dropout')
   check_positive_int(config.log_every_steps, 'log_every_steps')
   check_positive_int(config.sample.num_samples, 'sample.num_samples')
-  for section in ('train', 'distill'):
-    check_optimization(config[section], section)
-    check_batch(config[section].batch_size, num_devices, section)
-    try:
-      train_state.check_ema_schedule(config[section].ema_schedule)
-    except ValueError as e:
-      raise errors.InputError(f'{section}: {e}') from None
-    fraction = config[section].max_skipped_fraction
-    if not 0 <= fraction < 1:
-      raise errors.InputError(
-          f'{section}.max_skipped_fraction={fraction}: give a share of '
-          'updates in [0, 1).'
-      )
-    substeps = config[section].substeps
-    num_steps = config[section].get(
-        'num_steps', config[section].get('steps_per_round')
-    )
-    if substeps < 1 or num_steps < 1:
-      raise errors.InputError(
-          f'{section}: {num_steps} steps with substeps={substeps}: both must '
-          'be at least 1.'
-      )
-    if num_steps % substeps:
-      raise errors.InputError(
-          f'{section}: {num_steps} steps are not a multiple of substeps='
-          f'{substeps}; make them one.'
-      )
+  for phase in phases.of_config(config):
+    check_phase(config, phase, num_devices)
   check_batch(config.sample.batch_size, num_devices, 'sample')
   check_checkpointing(config.checkpoint)
   if 'eval' in config:
@@ -196,7 +172,7 @@ def check_config(
 
 def check_guidance(config: ml_collections.ConfigDict, num_devices: int):
   """A guided config (configs/common.add_guided_distillation)."""
-  guidance, guide = config.guidance, config.guide
+  guidance = config.guidance
   if not config.dataset.class_conditional:
     raise errors.InputError(
         'Classifier-free guidance needs labels: set '
@@ -212,21 +188,40 @@ def check_guidance(config: ml_collections.ConfigDict, num_devices: int):
     raise errors.InputError(
         f'guidance.w_min={guidance.w_min} > w_max={guidance.w_max}; swap them.'
     )
-  check_optimization(guide, 'guide')
-  check_batch(guide.batch_size, num_devices, 'guide')
-  try:
-    train_state.check_ema_schedule(guide.ema_schedule)
-  except ValueError as e:
-    raise errors.InputError(f'guide: {e}') from None
-  if guide.substeps < 1 or guide.num_steps % guide.substeps:
-    raise errors.InputError(
-        f'guide: {guide.num_steps} steps are not a multiple of substeps='
-        f'{guide.substeps}; make them one.'
-    )
   if 'eval' in config and not config.eval.get('guidance'):
     raise errors.InputError(
         'eval.guidance is empty: give the guidance strengths to evaluate, '
         "e.g. --config.eval.guidance='(0.0,1.0)'."
+    )
+
+
+def check_phase(
+    config: ml_collections.ConfigDict, phase: phases.Phase, num_devices: int
+):
+  """The checks every phase's section gets alike (phases.py)."""
+  section, settings = phase.name, phase.settings(config)
+  check_optimization(settings, section)
+  check_batch(settings.batch_size, num_devices, section)
+  try:
+    train_state.check_ema_schedule(settings.ema_schedule)
+  except ValueError as e:
+    raise errors.InputError(f'{section}: {e}') from None
+  fraction = settings.max_skipped_fraction
+  if not 0 <= fraction < 1:
+    raise errors.InputError(
+        f'{section}.max_skipped_fraction={fraction}: give a share of '
+        'updates in [0, 1).'
+    )
+  substeps, num_steps = settings.substeps, phase.num_updates(config)
+  if substeps < 1 or num_steps < 1:
+    raise errors.InputError(
+        f'{section}: {num_steps} steps with substeps={substeps}: both must '
+        'be at least 1.'
+    )
+  if num_steps % substeps:
+    raise errors.InputError(
+        f'{section}: {num_steps} steps are not a multiple of substeps='
+        f'{substeps}; make them one.'
     )
 
 

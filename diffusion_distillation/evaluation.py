@@ -52,7 +52,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import data
 from diffusion_distillation import errors
 from diffusion_distillation import eval_report
@@ -61,6 +60,7 @@ from diffusion_distillation import files
 from diffusion_distillation import inception
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
+from diffusion_distillation import workdir as workdir_lib
 
 # What the steps eval writes; benchmarks redraw the table and plot from it.
 write_results = eval_report.BY_STEPS.write
@@ -193,7 +193,7 @@ def check_can_evaluate(config, workdir) -> list:
           f'eval.{field}={path} does not exist; give an existing file '
           '(local or gs://), see docs/reproducing.md.'
       )
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   if not models:
     raise errors.InputError(
         f'No models in {workdir}/models to evaluate: run --mode=train (and '
@@ -223,14 +223,7 @@ def eval_sampler(run):
 
 def load_saved_model(run, entry: Entry):
   """The parameters of models/<entry.model_steps>."""
-  params, _ = checkpoints.load_model(
-      run.workdir,
-      run.abstract_params(),
-      num_sample_steps=entry.model_steps,
-      sharding=run.replicated,
-      source='model',
-  )
-  return params
+  return run.store.load(entry.model_steps)
 
 
 class Samples:

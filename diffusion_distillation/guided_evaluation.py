@@ -32,24 +32,23 @@ import time
 
 import numpy as np
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import errors
 from diffusion_distillation import eval_report
 from diffusion_distillation import eval_scorers
 from diffusion_distillation import evaluation
-from diffusion_distillation import guided
+from diffusion_distillation import workdir as workdir_lib
 
 
 def plan(config, workdir) -> list:
   """The entries to evaluate for what the workdir holds, w by w."""
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   entries = []
   for w in config.eval.guidance:
     entries += evaluation.plan(
         config,
         models,
         w=float(w),
-        stage_one=guided.has_stage_one_model(workdir),
+        stage_one=workdir_lib.has_stage_one_model(workdir),
         student_samplers=tuple(config.eval.student_samplers),
     )
   return entries
@@ -68,7 +67,7 @@ def check_can_evaluate(config, workdir):
         'This config has no eval section; --mode=eval needs one (see '
         'configs/digits_guided.py).'
     )
-  if not checkpoints.saved_models(workdir):
+  if not workdir_lib.saved_models(workdir):
     raise errors.InputError(
         f'No models in {workdir}/models to evaluate: run --mode=train (then '
         'guide and distill) first.'
@@ -126,9 +125,9 @@ def _load(run, entry: evaluation.Entry):
   """The guided teacher (no w-embedding), the stage-one model or a
   student."""
   if entry.model == 'teacher':
-    return guided.load_teacher(run)
+    return run.store.load_teacher()
   if entry.model == 'guide':
-    return guided.load_stage_one(run)
+    return run.store.load_stage_one()
   return evaluation.load_saved_model(run, entry)
 
 
@@ -137,7 +136,7 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   returns the results. `entries` (default: `plan`) selects a subset."""
   config, workdir, start = run.config, run.workdir, time.time()
   check_can_evaluate(config, workdir)
-  models = checkpoints.saved_models(workdir)
+  models = workdir_lib.saved_models(workdir)
   samples = evaluation.Samples(
       run, keep=True, load=lambda entry: _load(run, entry)
   )

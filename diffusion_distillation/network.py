@@ -2,7 +2,9 @@
 
 `build_network(config, dropout=...)` maps `config.model` and
 `config.dataset` onto `unet.UNet`; teachers train with `model.dropout`,
-students and samplers pass their own rate (usually 0).
+students and samplers pass their own rate (usually 0). `denoise_fn` turns a
+network, its parameters and labels (and w) into the denoise_fn(z, logsnr)
+that the steps train and the sampler samples.
 
 A guided config (one with a `guidance` section, see docs/guided.md) adds a
 null class (index `dataset.num_classes`) to the class embedding and, for
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffusion_distillation import diffusion
+from diffusion_distillation import guidance as guidance_lib
 from diffusion_distillation import unet
 
 
@@ -108,3 +111,51 @@ def add_guidance_embedding(teacher_params, student_params):
         f'{sorted(extra ^ set(GUIDANCE_EMBEDDING_PARAMS))}.'
     )
   return {**student_params, **teacher_params}
+
+
+def denoise_fn(
+    network: unet.UNet,
+    params,
+    labels,
+    *,
+    mean_type: str,
+    clip_x: bool,
+    w=None,
+    null_label: int | None = None,
+    train: bool = False,
+    dropout_rng=None,
+):
+  """denoise_fn(z, logsnr) of `network` at `params` for `labels` [B].
+
+  Without w: the network as it is. With guidance strengths w ([B] or a
+  scalar): parameters with a w-embedding (a guided config's students) take
+  w as an input, one network evaluation; parameters without one (the guided
+  teacher) are guided classifier-free at w against `null_label`, two.
+  `train` applies dropout with `dropout_rng`.
+  """
+  if w is not None and not has_guidance_embedding(params):
+    return guidance_lib.make_guided_denoise_fn(
+        lambda z, logsnr, y: network.apply(
+            {'params': params}, z, logsnr, y, train=False
+        ),
+        labels=labels,
+        null_label=null_label,
+        w=w,
+        mean_type=mean_type,
+        clip_x=clip_x,
+    )
+  rngs = {'dropout': dropout_rng} if train else {}
+  kwargs = {} if w is None else {'w': w}
+  return diffusion.make_denoise_fn(
+      lambda z, logsnr: network.apply(
+          {'params': params},
+          z,
+          logsnr,
+          labels,
+          train=train,
+          rngs=rngs,
+          **kwargs,
+      ),
+      mean_type=mean_type,
+      clip_x=clip_x,
+  )

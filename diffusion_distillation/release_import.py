@@ -37,11 +37,12 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import cli
 from diffusion_distillation import config_checks
 from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
+from diffusion_distillation import run_config
+from diffusion_distillation import workdir as workdir_lib
 from diffusion_distillation import workdir_lock
 
 _RELEASE_KEYS = ('step', 'optimizer', 'ema_params', 'num_sample_steps')
@@ -187,7 +188,7 @@ def fit_params(found: dict, expected: Any, *, source: str) -> dict:
       leaf = leaf.reshape(shape)
     fitted[key] = leaf
   fitted = flax.traverse_util.unflatten_dict(fitted)
-  checkpoints.check_param_shapes(fitted, expected, source)
+  workdir_lib.check_param_shapes(fitted, expected, source)
   return jax.tree_util.tree_map(
       lambda leaf, want: leaf.astype(want.dtype, copy=False),
       fitted,
@@ -235,9 +236,9 @@ def import_release_checkpoint(
         f'num_sample_steps={model_steps}: use 0 for a continuous-time teacher '
         'or the N steps a student samples in.'
     )
-  if model_steps in checkpoints.saved_models(workdir):
+  if model_steps in workdir_lib.saved_models(workdir):
     raise errors.InputError(
-        f'{os.path.join(checkpoints.models_dir(workdir), str(model_steps))} '
+        f'{os.path.join(workdir_lib.models_dir(workdir), str(model_steps))} '
         'already exists and is kept: import into another --workdir, or save '
         'under another --num_sample_steps.'
     )
@@ -261,15 +262,15 @@ def import_release_checkpoint(
           f'release checkpoint {path}: parameter {key} holds NaN or inf; the '
           'file is damaged or not a trained model.'
       )
-  changes = checkpoints.check_run_config(workdir, config)
+  changes = run_config.check(workdir, config)
   if changes:
     raise errors.InputError(
         f'{workdir} holds a run of a different config: {next(iter(changes))} '
         'differs; import with the same config.'
     )
   with workdir_lock.WorkdirLock(workdir):
-    checkpoints.record_run_config(workdir, config)
-    checkpoints.save_model(workdir, model_steps, params, meta)
+    run_config.record(workdir, config)
+    workdir_lib.save_model(workdir, model_steps, params, meta)
   return model_steps
 
 
@@ -325,7 +326,7 @@ def main(argv):
   logging.info(
       'Imported %s as %s',
       args.checkpoint,
-      os.path.join(checkpoints.models_dir(args.workdir), str(model_steps)),
+      os.path.join(workdir_lib.models_dir(args.workdir), str(model_steps)),
   )
 
 

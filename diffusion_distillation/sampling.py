@@ -21,7 +21,6 @@ from PIL import Image
 from diffusion_distillation import data
 from diffusion_distillation import diffusion
 from diffusion_distillation import files
-from diffusion_distillation import guidance as guidance_lib
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
 from diffusion_distillation import sharding
@@ -33,7 +32,8 @@ GRID_SIZE = 100  # samples shown in a .png grid
 
 class Sampler:
   """Samples from a network's parameters; compiles once per step count and
-  method (and, for guided configs, kind of model; w is an argument)."""
+  method (and, for guided configs, kind of model: network.denoise_fn tells
+  the teacher's parameters from its students'; w is an argument)."""
 
   def __init__(
       self,
@@ -48,41 +48,28 @@ class Sampler:
     self._batch_size = batch_size or config.sample.batch_size
     self._compiled = {}
 
-  def _denoise_fn(self, params, labels, w, guided: str | None):
-    """denoise_fn(z, logsnr); `guided`: None, 'cfg' (the guided teacher) or
-    'input' (a w-conditioned model)."""
-    model, sample = self._config.model, self._config.sample
-    if guided == 'cfg':
-      return guidance_lib.make_guided_denoise_fn(
-          lambda z, logsnr, y: self._network.apply(
-              {'params': params}, z, logsnr, y, train=False
-          ),
-          labels=labels,
-          null_label=self._config.dataset.num_classes,
-          w=w,
-          mean_type=model.mean_type,
-          clip_x=sample.clip_x,
-      )
-    kwargs = {'w': w} if guided == 'input' else {}
-    model_fn = lambda z, logsnr: self._network.apply(
-        {'params': params}, z, logsnr, labels, train=False, **kwargs
-    )
-    return diffusion.make_denoise_fn(
-        model_fn, mean_type=model.mean_type, clip_x=sample.clip_x
-    )
-
-  def _compiled_for(self, num_steps: int, method: str, guided: str | None):
+  def _compiled_for(self, num_steps: int, method: str):
     if method not in METHODS:
       raise ValueError(
           f'Unknown sampling method {method!r}; choose one of {METHODS}.'
       )
-    key = (num_steps, method, guided)
+    key = (num_steps, method)
     if key not in self._compiled:
       model, sample = self._config.model, self._config.sample
       schedule = schedules.get_logsnr_schedule(**model.logsnr_schedule)
 
+      guided = network_lib.is_guided(self._config)
+
       def run(params, z, labels, rng, w):
-        denoise = self._denoise_fn(params, labels, w, guided)
+        denoise = network_lib.denoise_fn(
+            self._network,
+            params,
+            labels,
+            w=w if guided else None,
+            null_label=self._config.dataset.num_classes,
+            mean_type=model.mean_type,
+            clip_x=sample.clip_x,
+        )
         if method == 'ddim':
           return diffusion.ddim_sample(
               denoise, z_init=z, num_steps=num_steps, logsnr_schedule=schedule
@@ -112,20 +99,18 @@ class Sampler:
       )
     return self._compiled[key]
 
-  def _guidance(self, params, guidance: float | None):
-    """(kind of model, w) for `params`: (None, 0) unless the config is
-    guided; then w defaults to sample.guidance."""
+  def _guidance(self, guidance: float | None) -> float:
+    """w: 0 unless the config is guided; then sample.guidance by default."""
     if not network_lib.is_guided(self._config):
       if guidance:
         raise ValueError(
             f'guidance={guidance} needs a guided config (one with a guidance '
             'section, e.g. configs/digits_guided.py).'
         )
-      return None, 0.0
+      return 0.0
     if guidance is None:
       guidance = self._config.sample.guidance
-    kind = 'input' if network_lib.has_guidance_embedding(params) else 'cfg'
-    return kind, float(guidance)
+    return float(guidance)
 
   def noise(self, num_samples: int, seed: int) -> np.ndarray:
     """Starting noise N(0, I); fixed by the seed, shared by every model."""
@@ -162,8 +147,8 @@ class Sampler:
     z = self.noise(num_samples, seed) if z is None else z
     if labels is None:
       labels = np.zeros((num_samples,), np.int32)
-    guided, w = self._guidance(params, guidance)
-    run = self._compiled_for(num_steps, method, guided)
+    w = self._guidance(guidance)
+    run = self._compiled_for(num_steps, method)
     w = sharding.replicate(np.float32(w), self._mesh)
     rng = jax.random.key(seed + 1)
     out = []

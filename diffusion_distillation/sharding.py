@@ -41,6 +41,14 @@ def sample_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def placed_shapes(tree, where):
+  """The shapes and dtypes of `tree` placed by the sharding `where` (to
+  restore or compile into)."""
+  return jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=where), tree
+  )
+
+
 def _identity(tree):
   return tree
 

@@ -26,140 +26,24 @@ import optax
 
 from diffusion_distillation import diffusion
 from diffusion_distillation import guidance as guidance_lib
+from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
 from diffusion_distillation import train_state as train_state_lib
 from diffusion_distillation import unet
 
 
-def _apply_fn(
-    network: unet.UNet,
-    params,
-    labels,
-    *,
-    train: bool,
-    dropout_rng=None,
-    guidance=None,
-):
-  """model_fn(z, logsnr) of `network` with fixed params, labels and (for a
-  w-conditioned network) guidance strengths [B]."""
-  rngs = {'dropout': dropout_rng} if train else {}
-  kwargs = {} if guidance is None else {'w': guidance}
-  return lambda z, logsnr: network.apply(
-      {'params': params}, z, logsnr, labels, train=train, rngs=rngs, **kwargs
-  )
-
-
-def _guided_teacher_fn(network, params, labels, w, *, guidance, mean_type):
-  """The guided teacher's denoise_fn at strengths w [B] (stage one)."""
-  return guidance_lib.make_guided_denoise_fn(
-      lambda z, logsnr, y: network.apply(
-          {'params': params}, z, logsnr, y, train=False
-      ),
-      labels=labels,
-      null_label=guidance.null_label,
-      w=w,
-      mean_type=mean_type,
-      clip_x=False,
-  )
-
-
-def _one_update(
+def _update(
     state,
-    images,
-    labels,
-    rng,
-    teacher_params,
+    loss_fn,
     *,
-    network,
     optimizer,
     ema_decay,
     ema_schedule,
-    logsnr_schedule,
-    mean_type,
-    weighting,
     skip_nonfinite,
-    guidance=None,
-    teacher_network=None,
 ):
-  """One optimizer step on one [B, ...] batch.
-
-  guidance: None (unguided), or the guidance.Guidance of a guided config.
-  teacher_network: stage one only: the guided teacher's network (the
-    student's is `network`, with its w-embedding).
-  """
-  rng = jax.random.fold_in(
-      jax.random.fold_in(rng, state.num_sample_steps), state.step
-  )
-  w = None
-  if guidance is None:
-    rng_loss, rng_dropout = jax.random.split(rng)
-  else:
-    rng_loss, rng_dropout, rng_guidance = jax.random.split(rng, 3)
-    if teacher_params is None:  # the guided teacher: drop labels
-      labels = guidance_lib.drop_labels(
-          rng_guidance,
-          labels,
-          null_label=guidance.null_label,
-          p_uncond=guidance.p_uncond,
-      )
-    else:  # stages one and two: a strength per example
-      w = guidance_lib.sample_guidance(
-          rng_guidance,
-          labels.shape[0],
-          w_min=guidance.w_min,
-          w_max=guidance.w_max,
-      )
-  teacher_fn = None
-  if teacher_params is None:
-    num_steps = 0  # continuous time
-  elif teacher_network is not None:
-    teacher_fn = _guided_teacher_fn(
-        teacher_network,
-        jax.lax.stop_gradient(teacher_params),
-        labels,
-        w,
-        guidance=guidance,
-        mean_type=mean_type,
-    )
-    num_steps = 0  # stage one: continuous time
-  else:
-    teacher_fn = diffusion.make_denoise_fn(
-        _apply_fn(
-            network,
-            jax.lax.stop_gradient(teacher_params),
-            labels,
-            train=False,
-            guidance=w,
-        ),
-        mean_type=mean_type,
-        clip_x=False,
-    )
-    num_steps = state.num_sample_steps
-
-  def loss_fn(params):
-    student_fn = diffusion.make_denoise_fn(
-        _apply_fn(
-            network,
-            params,
-            labels,
-            train=True,
-            dropout_rng=rng_dropout,
-            guidance=w,
-        ),
-        mean_type=mean_type,
-        clip_x=False,
-    )
-    losses = diffusion.denoising_loss(
-        student_fn,
-        x=images,
-        rng=rng_loss,
-        logsnr_schedule=logsnr_schedule,
-        num_steps=num_steps,
-        weighting=weighting,
-        teacher_fn=teacher_fn,
-    )
-    return jnp.mean(losses)
-
+  """One optimizer step down loss_fn(params) -> scalar, with the EMA; with
+  `skip_nonfinite`, a non-finite loss or gradient leaves the parameters as
+  they were. Returns (state, metrics)."""
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -193,13 +77,73 @@ def _one_update(
   }
 
 
+def _student_update(
+    state,
+    images,
+    labels,
+    rng,
+    *,
+    teacher_fn,
+    num_steps,
+    w,
+    network,
+    logsnr_schedule,
+    mean_type,
+    weighting,
+    **update_settings,
+):
+  """One update of `network` on the denoising loss of [B, ...] `images`
+  against `teacher_fn` in `num_steps` steps (None and 0: the data, in
+  continuous time), at guidance strengths w (None: unguided)."""
+  rng_loss, rng_dropout = rng
+
+  def loss_fn(params):
+    student_fn = network_lib.denoise_fn(
+        network,
+        params,
+        labels,
+        w=w,
+        mean_type=mean_type,
+        clip_x=False,
+        train=True,
+        dropout_rng=rng_dropout,
+    )
+    losses = diffusion.denoising_loss(
+        student_fn,
+        x=images,
+        rng=rng_loss,
+        logsnr_schedule=logsnr_schedule,
+        num_steps=num_steps,
+        weighting=weighting,
+        teacher_fn=teacher_fn,
+    )
+    return jnp.mean(losses)
+
+  return _update(state, loss_fn, **update_settings)
+
+
+def _update_rngs(rng, state, *, guided: bool):
+  """(loss, dropout[, guidance]) keys of this update: the step's key folded
+  with the round and the step."""
+  rng = jax.random.fold_in(
+      jax.random.fold_in(rng, state.num_sample_steps), state.step
+  )
+  return jax.random.split(rng, 3 if guided else 2)
+
+
+def _strengths(rng, labels, guidance):
+  """Guidance strengths w ~ U[w_min, w_max], one per example."""
+  return guidance_lib.sample_guidance(
+      rng, labels.shape[0], w_min=guidance.w_min, w_max=guidance.w_max
+  )
+
+
 SUBSTEP_LOOPS = ('scan', 'unrolled')
 
 
-def _scan_updates(
-    state, batch, rng, teacher_params, *, substep_loop: str, **settings
-):
-  """`substeps` updates over batch['images'] [K, B, ...], metrics averaged.
+def _scan_updates(update, state, batch, *, substep_loop: str):
+  """update(state, images, labels) over batch['images'] [K, B, ...] and
+  its labels, metrics averaged (skipped updates summed).
 
   substep_loop: 'scan' runs them in `lax.scan` (one traced body, compiles
     fast for any K); 'unrolled' traces them one after another. Both give the
@@ -208,8 +152,7 @@ def _scan_updates(
   """
 
   def body(state, images_labels):
-    images, labels = images_labels
-    return _one_update(state, images, labels, rng, teacher_params, **settings)
+    return update(state, *images_labels)
 
   xs = (batch['images'], batch['labels'])
   if substep_loop == 'unrolled':
@@ -232,24 +175,114 @@ def _scan_updates(
   return state, metrics
 
 
-def train_step(state, batch, rng, **settings):
-  """K teacher updates; returns (state, metrics). Pure."""
-  return _scan_updates(state, batch, rng, None, **settings)
+def train_step(state, batch, rng, *, substep_loop, guidance=None, **settings):
+  """K updates of the continuous-time teacher on the data; a guided
+  config's teacher sees each label dropped to the null label with
+  probability p_uncond. Returns (state, metrics). Pure."""
+
+  def update(state, images, labels):
+    keys = _update_rngs(rng, state, guided=guidance is not None)
+    if guidance is not None:
+      labels = guidance_lib.drop_labels(
+          keys[2],
+          labels,
+          null_label=guidance.null_label,
+          p_uncond=guidance.p_uncond,
+      )
+    return _student_update(
+        state,
+        images,
+        labels,
+        keys[:2],
+        teacher_fn=None,
+        num_steps=0,
+        w=None,
+        **settings,
+    )
+
+  return _scan_updates(update, state, batch, substep_loop=substep_loop)
 
 
-def distill_step(state, teacher_params, batch, rng, **settings):
-  """K student updates against `teacher_params`; returns (state, metrics).
+def distill_step(
+    state,
+    teacher_params,
+    batch,
+    rng,
+    *,
+    substep_loop,
+    guidance=None,
+    **settings,
+):
+  """K student updates: in `state.num_sample_steps` (traced) steps the
+  student matches two DDIM steps of `teacher_params`, the same network. A
+  guided config's student and teacher both take w ~ U[w_min, w_max] per
+  example. Returns (state, metrics). Pure."""
 
-  The student's step count is `state.num_sample_steps` (traced).
-  """
-  return _scan_updates(state, batch, rng, teacher_params, **settings)
+  def update(state, images, labels):
+    keys = _update_rngs(rng, state, guided=guidance is not None)
+    w = None if guidance is None else _strengths(keys[2], labels, guidance)
+    teacher_fn = network_lib.denoise_fn(
+        settings['network'],
+        jax.lax.stop_gradient(teacher_params),
+        labels,
+        w=w,
+        mean_type=settings['mean_type'],
+        clip_x=False,
+    )
+    return _student_update(
+        state,
+        images,
+        labels,
+        keys[:2],
+        teacher_fn=teacher_fn,
+        num_steps=state.num_sample_steps,
+        w=w,
+        **settings,
+    )
+
+  return _scan_updates(update, state, batch, substep_loop=substep_loop)
 
 
-def guide_step(state, teacher_params, batch, rng, **settings):
+def guide_step(
+    state,
+    teacher_params,
+    batch,
+    rng,
+    *,
+    substep_loop,
+    guidance,
+    teacher_network,
+    **settings,
+):
   """K updates of the w-conditioned student against the guided teacher
-  (`teacher_params`, network `settings['teacher_network']`) in continuous
-  time: stage one of guided distillation. Returns (state, metrics). Pure."""
-  return _scan_updates(state, batch, rng, teacher_params, **settings)
+  (`teacher_params` of `teacher_network`) at w ~ U[w_min, w_max] per
+  example, in continuous time: stage one of guided distillation. Returns
+  (state, metrics). Pure."""
+
+  def update(state, images, labels):
+    keys = _update_rngs(rng, state, guided=True)
+    w = _strengths(keys[2], labels, guidance)
+    teacher_fn = network_lib.denoise_fn(
+        teacher_network,
+        jax.lax.stop_gradient(teacher_params),
+        labels,
+        w=w,
+        null_label=guidance.null_label,
+        mean_type=settings['mean_type'],
+        clip_x=False,
+    )
+    return _student_update(
+        state,
+        images,
+        labels,
+        keys[:2],
+        teacher_fn=teacher_fn,
+        num_steps=0,
+        w=w,
+        **settings,
+    )
+
+  return _scan_updates(update, state, batch, substep_loop=substep_loop)
 
 
 def guidance_settings(config: ml_collections.ConfigDict):

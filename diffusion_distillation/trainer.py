@@ -10,7 +10,6 @@ what they time and test is what a run executes.
 """
 
 import dataclasses
-import enum
 import functools
 
 import jax
@@ -19,25 +18,11 @@ import ml_collections
 import optax
 
 from diffusion_distillation import network as network_lib
+from diffusion_distillation import phases as phases_lib
 from diffusion_distillation import sharding
 from diffusion_distillation import steps
 from diffusion_distillation import train_state as train_state_lib
 from diffusion_distillation import unet
-
-PHASES = ('train', 'distill', 'guide')
-
-
-class RngStream(enum.IntEnum):
-  """Independent random streams of a run, each folded into the config seed."""
-
-  INIT = 0  # the teacher's initial parameters
-  TRAIN = 1  # teacher training: times, noise and dropout of every step
-  DISTILL = 2  # distillation rounds: times and noise of every step
-  GUIDE = 3  # stage one of guided distillation (and its w-embedding init)
-
-
-def stream_key(seed: int, stream: RngStream) -> jax.Array:
-  return jax.random.fold_in(jax.random.key(seed), int(stream))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +36,7 @@ class Trainer:
   """
 
   config: ml_collections.ConfigDict
-  phase: str
+  phase: phases_lib.Phase
   mesh: jax.sharding.Mesh
   network: unet.UNet
   optimizer: optax.GradientTransformation
@@ -61,18 +46,17 @@ class Trainer:
   teacher_network: unet.UNet | None = None  # 'guide': the guided teacher's
 
   def update(self, state, batch, teacher_params=None):
-    if self.phase == 'train':
-      return self.compiled_step(state, batch, self.rng)
-    return self.compiled_step(state, teacher_params, batch, self.rng)
+    if self.phase.has_teacher:
+      return self.compiled_step(state, teacher_params, batch, self.rng)
+    return self.compiled_step(state, batch, self.rng)
 
   def abstract_state(self) -> train_state_lib.TrainState:
     """The state's shapes, replicated over the mesh (to restore into)."""
-    replicated = sharding.replicated(self.mesh)
-    return jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+    return sharding.placed_shapes(
         train_state_lib.abstract_state(
             self.network, self.config, self.optimizer
         ),
+        sharding.replicated(self.mesh),
     )
 
   def abstract_params(self):
@@ -115,74 +99,62 @@ def default_substep_loop(backend: str) -> str:
 
 def build(
     config: ml_collections.ConfigDict,
-    phase: str,
+    phase: str | phases_lib.Phase,
     mesh: jax.sharding.Mesh,
     *,
     substep_loop: str | None = None,
 ) -> Trainer:
-  """The Trainer of config[phase] ('train', 'distill' or 'guide') on `mesh`.
+  """The Trainer of `phase` (a phases.Phase or its name) on `mesh`.
 
-  The teacher trains with `model.dropout` at a constant learning rate after
-  warmup; students use `distill.dropout` and a learning rate that decays
-  linearly to 0 over each round of `distill.steps_per_round` steps. Stage
-  one of guided distillation ('guide', guided configs only) trains the
-  w-conditioned network with `guide.dropout` and a learning rate that
-  decays to 0 over its `guide.num_steps`; its teacher network is the
-  guided teacher's.
-  `substep_loop` ('scan' | 'unrolled') defaults to
+  The network uses the phase's dropout and, for a guided config's students
+  (every phase but the teacher's), the w-embedding; the learning rate
+  decays to 0 over the phase's decay field (phases.py), if it has one. A
+  phase with a teacher gets the teacher's network too: a guided teacher's
+  for stage one. `substep_loop` ('scan' | 'unrolled') defaults to
   default_substep_loop(the mesh's platform).
   """
-  if phase not in PHASES:
-    raise ValueError(f'Unknown phase {phase!r}; choose one of {PHASES}.')
+  if isinstance(phase, str):
+    phase = phases_lib.get(phase)
+  guided = network_lib.is_guided(config)
+  if phase.guided_only and not guided:
+    raise ValueError(f'Phase {phase.name!r} needs a guided config.')
   if substep_loop is None:
     substep_loop = default_substep_loop(mesh.devices.flat[0].platform)
-  teacher_network = None
-  if phase == 'train':
-    dropout, decay_steps = config.model.dropout, 0
-    stream, step_fn = RngStream.TRAIN, steps.train_step
-  elif phase == 'distill':
-    dropout = config.distill.dropout
-    decay_steps = config.distill.steps_per_round
-    stream, step_fn = RngStream.DISTILL, steps.distill_step
-  else:
-    if not network_lib.is_guided(config):
-      raise ValueError("Phase 'guide' needs a guided config.")
-    dropout, decay_steps = config.guide.dropout, config.guide.num_steps
-    stream, step_fn = RngStream.GUIDE, steps.guide_step
-    teacher_network = network_lib.build_network(
-        config, dropout=0.0, guidance_embedding=False
-    )
   # A guided config's teacher has no w-embedding; its students have one.
+  is_student = guided and phase is not phases_lib.TEACHER
   network = network_lib.build_network(
-      config,
-      dropout=dropout,
-      guidance_embedding=network_lib.is_guided(config) and phase != 'train',
+      config, dropout=phase.dropout(config), guidance_embedding=is_student
   )
   optimizer = train_state_lib.make_optimizer(
-      config, phase, decay_steps=decay_steps
+      config, phase.name, decay_steps=phase.decay_steps(config)
   )
   settings = steps.step_settings(
       config,
-      phase,
+      phase.name,
       network=network,
       optimizer=optimizer,
       substep_loop=substep_loop,
   )
-  if teacher_network is not None:
+  teacher_network = None
+  if phase is phases_lib.GUIDE:
+    teacher_network = network_lib.build_network(
+        config, dropout=0.0, guidance_embedding=False
+    )
     settings['teacher_network'] = teacher_network
   replicated = sharding.replicated(mesh)
   batch = sharding.batch_sharding(mesh)
-  if phase == 'train':
-    in_shardings = (replicated, batch, replicated)
-  else:
-    in_shardings = (replicated, replicated, batch, replicated)
+  in_shardings = (replicated, batch, replicated)
+  if phase.has_teacher:
+    in_shardings = (replicated,) + in_shardings
   compiled_step = jax.jit(
-      functools.partial(step_fn, **settings),
+      functools.partial(phase.step, **settings),
       in_shardings=in_shardings,
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),
   )
-  rng = sharding.replicate(stream_key(config.seed, stream), mesh)
+  rng = sharding.replicate(
+      phases_lib.stream_key(config.seed, phase.rng_stream), mesh
+  )
   return Trainer(
       config=config,
       phase=phase,

@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import test as test_config  # noqa: E402
-from diffusion_distillation import checkpoints  # noqa: E402
 from diffusion_distillation import cli  # noqa: E402
 from diffusion_distillation import network as network_lib  # noqa: E402
+from diffusion_distillation import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The limit on any subprocess or wait in a test: long enough that only a
@@ -110,7 +110,7 @@ def saved_params(workdir, num_sample_steps, config):
   """models/<num_sample_steps> of `workdir` as NumPy arrays."""
   network = network_lib.build_network(config, dropout=0.0)
   abstract = network_lib.abstract_params(network, config)
-  params, _ = checkpoints.load_model(
+  params, _ = workdir_lib.load_model(
       workdir, abstract, num_sample_steps=num_sample_steps
   )
   return jax.tree_util.tree_map(np.asarray, params)

@@ -14,7 +14,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar10 as configs_cifar10
-from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import data
 from diffusion_distillation import errors
@@ -25,6 +24,7 @@ from diffusion_distillation import input_pipeline
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
 from diffusion_distillation import reference_network
+from diffusion_distillation import workdir as workdir_lib
 from tests.conftest import randomize_params
 from tests.conftest import tiny_config
 
@@ -243,7 +243,7 @@ def test_cifar10_eval_end_to_end_on_mock_data(tmp_path, monkeypatch):
   network = network_lib.build_network(config, dropout=0.0)
   for steps, seed in ((0, 0), (1, 1), (2, 2)):
     params = network_lib.init_params(network, config, jax.random.key(seed))
-    checkpoints.save_model(
+    workdir_lib.save_model(
         workdir, steps, randomize_params(params, jax.random.key(seed)), {}
     )
   with tfds.testing.mock_data(num_examples=32):

@@ -3,6 +3,7 @@ one, two rounds, samples, eval; one compilation per phase; stage one resumed
 after SIGKILL equals an uninterrupted stage one; bad input."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 
 from configs import test_guided
-from diffusion_distillation import checkpoints
 from diffusion_distillation import errors
-from diffusion_distillation import guided
+from diffusion_distillation import health
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
+from diffusion_distillation import run_config
+from diffusion_distillation import workdir as workdir_lib
 from tests.conftest import REPO
 from tests.conftest import assert_trees_close
 from tests.conftest import kill_main_when_saved
@@ -36,7 +38,7 @@ def _params(path, config, *, student=True, num_sample_steps=0):
   network = network_lib.build_network(
       config, dropout=0.0, guidance_embedding=student
   )
-  params, _ = checkpoints.load_model(
+  params, _ = workdir_lib.load_model(
       path,
       network_lib.abstract_params(network, config),
       num_sample_steps=num_sample_steps,
@@ -57,8 +59,8 @@ def guided_workdir(tmp_path_factory):
 def test_guided_run_writes_every_model_and_sample(guided_workdir):
   workdir, _, timings = guided_workdir
   assert set(timings) == {'train_teacher', 'guide', 'distill', 'sample'}
-  assert checkpoints.saved_models(workdir) == [0, 1, 2]
-  assert guided.has_stage_one_model(workdir)
+  assert workdir_lib.saved_models(workdir) == [0, 1, 2]
+  assert workdir_lib.has_stage_one_model(workdir)
   config = guided_config()
   teacher = _params(workdir, config, student=False)
   stage_one = _params(os.path.join(workdir, 'models_guide', '0'), config)
@@ -132,7 +134,7 @@ def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
   kill_main_when_saved(
       flags, os.path.join(resumed, 'guide', '2'), what='stage one'
   )
-  assert not guided.has_stage_one_model(resumed), 'killed after stage one'
+  assert not workdir_lib.has_stage_one_model(resumed), 'killed after stage one'
 
   result = run_python(['-m', 'diffusion_distillation.main'] + flags)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -140,6 +142,53 @@ def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
       os.path.join(workdir, 'models_guide', '0'), config
   )
   assert_trees_close(stage_one(resumed), stage_one(reference))
+
+
+@pytest.mark.slow
+def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
+    guided_workdir, tmp_path, monkeypatch, caplog
+):
+  teacher_workdir, _, _ = guided_workdir
+  workdir = tmp_path / 'w'
+  shutil.copytree(
+      os.path.join(teacher_workdir, 'models', '0'), workdir / 'models' / '0'
+  )
+  short = {
+      'guide.num_steps': 6,
+      'guide.substeps': 1,
+      'checkpoint.every_steps': 1,
+  }
+  # The state goes non-finite after step 2, whatever the numbers do.
+  is_finite = health.is_finite
+  monkeypatch.setattr(
+      health,
+      'is_finite',
+      lambda state: int(state.step) <= 2 and is_finite(state),
+  )
+  with pytest.raises(errors.RunStopped) as stopped:
+    pipeline.run_mode(guided_config(**short), str(workdir), 'guide')
+  message = str(stopped.value)
+  assert 'guide diverged' in message and f'{workdir}/guide/2' in message
+  assert '--config.guide.learning_rate=5e-05' in message
+  assert not workdir_lib.has_stage_one_model(str(workdir))
+  monkeypatch.undo()
+
+  # The rerun the message offers is accepted, recorded and resumed.
+  caplog.set_level(logging.INFO, logger='absl')
+  pipeline.run_mode(
+      guided_config(**short, **{'guide.learning_rate': 5e-05}),
+      str(workdir),
+      'guide',
+  )
+  assert workdir_lib.has_stage_one_model(str(workdir))
+  with open(workdir / 'config_changes.json') as f:
+    changes = json.load(f)
+  assert changes[-1]['changed'] == {
+      'guide.learning_rate': {'from': 0.0005, 'to': 5e-05}
+  }
+  assert any(
+      'Resuming stage one at step 2' in r.getMessage() for r in caplog.records
+  )
 
 
 @pytest.mark.slow
@@ -183,6 +232,39 @@ def test_stage_one_needs_the_teacher_and_stage_two_stage_one(tmp_path):
   # Refused before anything is written.
   assert not os.path.exists(tmp_path / 'a')
   assert not os.path.exists(tmp_path / 'b')
+
+
+@pytest.mark.parametrize(
+    'field', ['learning_rate', 'skip_nonfinite_updates', 'max_skipped_fraction']
+)
+@pytest.mark.parametrize('section', ['train', 'guide', 'distill'])
+def test_every_phase_offers_the_same_recovery_fields(tmp_path, section, field):
+  workdir = str(tmp_path / 'w')
+  run_config.record(workdir, guided_config())
+  changed = guided_config()
+  before = changed[section][field]
+  changed[section][field] = not before if isinstance(before, bool) else 0.05
+  changes = run_config.check(workdir, changed)
+  assert changes == {f'{section}.{field}': (before, changed[section][field])}
+
+
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (
+            {'guide.max_skipped_fraction': 1.5},
+            r'guide.max_skipped_fraction=1.5',
+        ),
+        ({'guide.max_skipped_fraction': -0.1}, r'in \[0, 1\)'),
+        ({'guide.batch_size': 0}, 'guide.batch_size=0: a batch needs'),
+        ({'guide.substeps': 3}, 'not a multiple of substeps=3'),
+    ],
+)
+def test_every_phase_check_covers_stage_one(tmp_path, overrides, message):
+  workdir = str(tmp_path / 'w')
+  with pytest.raises(errors.InputError, match=message):
+    pipeline.run_mode(guided_config(**overrides), workdir, 'train')
+  assert not os.path.exists(workdir)
 
 
 def test_guided_eval_of_a_tfds_config_points_to_the_fid_command(tmp_path):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from diffusion_distillation import checkpoints
+from diffusion_distillation import workdir as workdir_lib
 from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG
@@ -124,7 +124,7 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(tmp_path):
       assert time.time() < deadline, 'no teacher checkpoint appeared'
       time.sleep(0.02)
     _kill(procs)
-    assert checkpoints.saved_models(two) == [], 'killed after the teacher'
+    assert workdir_lib.saved_models(two) == [], 'killed after the teacher'
 
     # The same command again on both processes continues from step 2.
     procs = _start_pair(two, tmp_path, 'resumed')
@@ -145,8 +145,8 @@ def test_two_processes_resume_and_match_one_process_with_two_devices(tmp_path):
 
   config = tiny_config(**_OVERRIDES)
   assert (
-      checkpoints.saved_models(two)
-      == checkpoints.saved_models(one)
+      workdir_lib.saved_models(two)
+      == workdir_lib.saved_models(one)
       == [0, 1, 2]
   )
   for num_steps in (0, 2, 1):

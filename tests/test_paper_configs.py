@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import input_pipeline
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
+from diffusion_distillation import workdir as workdir_lib
 from tests.conftest import TEST_CONFIG
 from tests.conftest import run_python
 from tests.conftest import tiny_config
@@ -214,7 +214,7 @@ def test_sample_labels_from_the_command_line(tmp_path):
   params = jax.jit(lambda rng: network_lib.init_params(network, config, rng))(
       jax.random.key(0)
   )
-  checkpoints.save_model(workdir, 0, params, {})
+  workdir_lib.save_model(workdir, 0, params, {})
   result = run_python([
       '-m',
       'diffusion_distillation.main',
@@ -258,9 +258,9 @@ def test_cifar10_trains_through_the_pipeline_loop(tmp_path, monkeypatch):
   with tfds.testing.mock_data(num_examples=32):
     pipeline.run_mode(config, workdir, 'train')
   assert built == [0]  # two dispatches of one step: one stream
-  assert checkpoints.saved_models(workdir) == [0]
+  assert workdir_lib.saved_models(workdir) == [0]
   network = network_lib.build_network(config, dropout=0.0)
-  _, meta = checkpoints.load_model(
+  _, meta = workdir_lib.load_model(
       workdir, network_lib.abstract_params(network, config), num_sample_steps=0
   )
   assert meta['trained_steps'] == config.train.num_steps

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import config_checks
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
+from diffusion_distillation import workdir as workdir_lib
 from tests.conftest import TEST_CONFIG
 from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import assert_trees_close
@@ -55,7 +55,7 @@ def trained_workdir(tmp_path_factory):
 def test_end_to_end_writes_models_samples_and_grids(trained_workdir):
   workdir, _, timings = trained_workdir
   assert set(timings) == {'train_teacher', 'distill', 'sample'}
-  assert checkpoints.saved_models(workdir) == [0, 1, 2]
+  assert workdir_lib.saved_models(workdir) == [0, 1, 2]
   samples = os.path.join(workdir, 'samples')
   for name in ('samples_4_teacher', 'samples_2', 'samples_1'):
     with np.load(os.path.join(samples, f'{name}.npz')) as f:
@@ -124,11 +124,11 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
   kill_main_when_saved(
       flags, os.path.join(resumed, 'distill', '2'), what='the first round'
   )
-  assert checkpoints.saved_models(resumed) == [], 'killed after the round'
+  assert workdir_lib.saved_models(resumed) == [], 'killed after the round'
 
   result = run_python(['-m', 'diffusion_distillation.main'] + flags)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert checkpoints.saved_models(resumed) == [1, 2]
+  assert workdir_lib.saved_models(resumed) == [1, 2]
   for num_steps in (2, 1):
     assert_trees_close(
         saved_params(resumed, num_steps, tiny_config(**overrides)),
@@ -191,7 +191,7 @@ def test_a_signal_mid_teacher_saves_stops_in_one_line_and_resumes_exactly(
       os.path.join(workdir, 'teacher', str(step), 'commit_success.txt')
   )
   assert not os.path.exists(os.path.join(workdir, 'lock'))
-  assert checkpoints.saved_models(workdir) == []
+  assert workdir_lib.saved_models(workdir) == []
 
   result = run_python(['-m', 'diffusion_distillation.main'] + flags)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distillation import checkpoints
 from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 from diffusion_distillation import release_import
+from diffusion_distillation import workdir as workdir_lib
 from tests.conftest import TEST_CONFIG
 from tests.conftest import randomize_params
 from tests.conftest import run_python
@@ -57,7 +57,7 @@ def _write(path, state):
 
 
 def _saved_params(workdir, config, num_sample_steps):
-  params, meta = checkpoints.load_model(
+  params, meta = workdir_lib.load_model(
       workdir,
       release_import.network_param_shapes(config),
       num_sample_steps=num_sample_steps,
@@ -97,7 +97,7 @@ def test_imported_teacher_samples_and_is_distilled(tmp_path):
   with np.load(os.path.join(workdir, 'samples', 'samples_4_teacher.npz')) as f:
     assert f['arr_0'].shape == (8, 8, 8, 1)
   pipeline.run_mode(config, workdir, 'distill')
-  assert checkpoints.saved_models(workdir) == [0, 2]
+  assert workdir_lib.saved_models(workdir) == [0, 2]
 
 
 @pytest.mark.slow
@@ -270,7 +270,7 @@ def test_cifar10_release_layout_fits_the_paper_network():
   assert num_sample_steps == 8
 
   fitted = release_import.fit_params(params, shapes, source='cifar_8')
-  checkpoints.check_param_shapes(fitted, shapes, 'fitted')
+  workdir_lib.check_param_shapes(fitted, shapes, 'fitted')
   assert fitted['mid.block_1']['norm1']['scale'].shape == (256,)
   assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(fitted)) == (
       60_004_099

@@ -26,6 +26,7 @@ from diffusion_distillation import health
 from diffusion_distillation import pipeline
 from diffusion_distillation import quiet
 from diffusion_distillation import trainer as trainer_lib
+from diffusion_distillation import workdir as workdir_lib
 from diffusion_distillation import workdir_lock
 from tests.conftest import HANG_SECS
 from tests.conftest import TEST_CONFIG
@@ -69,13 +70,13 @@ def test_a_diverged_run_saves_no_nan_and_resumes_with_a_lower_rate(tmp_path):
   good_steps = sorted(saved.all_steps())
   saved.close()
   assert good_steps and f'teacher/{good_steps[-1]}' in message
-  assert checkpoints.saved_models(workdir) == []
+  assert workdir_lib.saved_models(workdir) == []
 
   # The fix the message offers is accepted by the workdir, and recorded.
   pipeline.run_mode(
       tiny_config(**_SHORT, **{'train.learning_rate': 1e-3}), workdir, 'train'
   )
-  assert checkpoints.saved_models(workdir) == [0]
+  assert workdir_lib.saved_models(workdir) == [0]
   with open(os.path.join(workdir, 'config_changes.json')) as f:
     changes = json.load(f)
   assert changes[-1]['changed'] == {
@@ -99,7 +100,7 @@ def test_skipping_non_finite_updates_is_logged_and_bounded(tmp_path, caplog):
       'skipped' in r.getMessage() and r.levelname == 'WARNING'
       for r in caplog.records
   )
-  assert checkpoints.saved_models(str(tmp_path / 'w')) == []
+  assert workdir_lib.saved_models(str(tmp_path / 'w')) == []
 
 
 class _State(NamedTuple):
@@ -352,7 +353,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
   pipeline.run_mode(tiny_config(**_SHORT), str(workdir), 'train')
   assert any('Taking over' in r.getMessage() for r in caplog.records)
   assert not (workdir / 'lock').exists()  # released at the end
-  assert checkpoints.saved_models(str(workdir)) == [0]
+  assert workdir_lib.saved_models(str(workdir)) == [0]
 
 
 # ----------------------------------------------------------------------------
