@@ -25,6 +25,7 @@ import tempfile
 
 import jax
 
+from benchmarks import speedup
 from benchmarks import timing
 from configs import digits
 from configs import test as test_config
@@ -227,6 +228,7 @@ def main(args):
       },
       'timings': timings,
       'targets': target_checks(results, timings),
+      'equal_quality_speedup': speedup.equal_quality(results),
       'eval': results,
   }
   os.makedirs(out, exist_ok=True)
@@ -241,6 +243,8 @@ def main(args):
     )
     f.write(evaluation.markdown_table(results))
   print(evaluation.markdown_table(results))
+  print('Equal-quality speed-up against undistilled DDIM:')
+  print(speedup.markdown(summary['equal_quality_speedup']))
   for name, check in summary['targets'].items():
     print(f'{name}: {check}')
   print(f'Wrote {stem}.json, .png and .md')
