@@ -541,17 +541,17 @@ def collect(budget: Budget, root: str, config) -> dict:
     teachers.append(entry)
   by_run = {(t['output'], t['weighting']): t for t in teachers}
   for chain in chains.values():
+    run = (chain['output'], chain['weighting'])
+    if 'ddim' in by_run.get(run, {}):  # the teacher's line, chain or not
+      chain['ddim'] = {
+          n: by_run[run]['ddim'][n] for n in ladder if n in by_run[run]['ddim']
+      }
     if chain['status'] != 'done':
       continue
-    run = (chain['output'], chain['weighting'])
     chain['students'] = score_chain(budget, root, run, start)
     if chain['students'] is None:
       chain['status'] = 'pending'  # another process holds the workdir
       del chain['students']
-      continue
-    chain['ddim'] = {
-        n: by_run[run]['ddim'][n] for n in ladder if n in by_run[run]['ddim']
-    }
   return {'teachers': teachers, 'chains': chains}
 
 

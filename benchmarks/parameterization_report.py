@@ -219,10 +219,7 @@ def markdown(report: dict) -> str:
   header = '| steps |'
   rule = '|---:|'
   for output, chain in chains.items():
-    label = (
-        f'{OUTPUT_NAMES[output]}'
-        f' ({WEIGHTING_NAMES.get(chain["weighting"], "?")})'
-    )
+    label = f'{OUTPUT_NAMES[output]} ({_weighting_name(chain)})'
     header += f' {label} student | {label} DDIM |'
     rule += '---:|---:|'
   lines += [header, rule]
@@ -265,10 +262,7 @@ def plot(report: dict, path: str):
   ax = fig.add_subplot()
   colours = {'x': 'C0', 'v': 'C1', 'both': 'C2', 'eps': 'C3'}
   for output, chain in report['chains'].items():
-    label = (
-        f'{OUTPUT_NAMES[output]},'
-        f' {WEIGHTING_NAMES.get(chain["weighting"], "?")}'
-    )
+    label = f'{OUTPUT_NAMES[output]}, {_weighting_name(chain)}'
     for curve, style, suffix in (
         ('students', 'o-', 'distilled'),
         ('ddim', 's--', 'DDIM'),
