@@ -5,7 +5,7 @@ Trains a teacher on the digits (or reuses the one in --workdir), distills it
 down to 1 step, then runs --mode=eval (diffusion_distillation/evaluation.py)
 and writes every figure, the plot of FD against steps (distilled, undistilled
 DDIM, ancestral) and a Markdown table, with each phase's duration and the
-issue's targets checked against the measurements.
+quality targets below checked against the measurements.
 
   python -m benchmarks.quality_vs_steps            # configs/digits.py
   python -m benchmarks.quality_vs_steps --quick    # a shorter budget
@@ -25,6 +25,7 @@ import jax
 from absl import flags
 
 from benchmarks import command
+from benchmarks import speedup
 from benchmarks import timing
 from configs import digits
 from configs import test as test_config
@@ -57,7 +58,7 @@ def _define_flags():
   flags.mark_bool_flags_as_mutual_exclusive(['quick', 'smoke'])
 
 
-# The targets of issue 10. FD ratios are against the teacher's best DDIM FD
+# The quality targets. FD ratios are against the teacher's best DDIM FD
 # over its step counts or the real-vs-real floor; accuracies are the
 # reference classifier's; the time ratio is distillation down to 1 step
 # against teacher training.
@@ -222,6 +223,7 @@ def main(args):
       },
       'timings': timings,
       'targets': target_checks(results, timings),
+      'equal_quality_speedup': speedup.equal_quality(results),
       'eval': results,
   }
   os.makedirs(out, exist_ok=True)
@@ -236,6 +238,8 @@ def main(args):
     )
     f.write(evaluation.markdown_table(results))
   print(evaluation.markdown_table(results))
+  print('Equal-quality speed-up against undistilled DDIM:')
+  print(speedup.markdown(summary['equal_quality_speedup']))
   for name, check in summary['targets'].items():
     print(f'{name}: {check}')
   print(f'Wrote {stem}.json, .png and .md')

@@ -90,9 +90,9 @@ def default_substep_loop(backend: str) -> str:
   'unrolled' on CPU: XLA:CPU rewrites convolutions into the layout its fast
   kernels take only in a program's entry computation, not in loop bodies
   (its ConvCanonicalization pass visits entry_computation() alone), so the
-  backward convolutions of a step inside lax.scan fall back to naive loops:
-  8.3 s against 0.38 s per digits U-Net update, measured; no XLA flag
-  changes that. 'scan' elsewhere: one traced body compiles fast for any K.
+  backward convolutions of a step inside lax.scan fall back to naive loops,
+  over 20x slower per digits update (docs/design.md); no XLA flag changes
+  that. 'scan' elsewhere: one traced body compiles fast for any K.
   """
   return 'unrolled' if backend == 'cpu' else 'scan'
 

@@ -157,3 +157,70 @@ def test_device_check_smoke_reports_speed_memory_and_correctness(tmp_path):
   # On the CPU itself float32 is the reference: the same program, bit for bit.
   assert differences['float32'] == {'loss': 0.0, 'grad_norm': 0.0}
   assert 0 < differences['bfloat16']['grad_norm'] < 0.05
+
+
+def _parameterization(root, out, *flags):
+  return run_python([
+      '-m',
+      'benchmarks.parameterization',
+      '--quick',
+      f'--workdir_root={root}',
+      f'--out={out}',
+      *flags,
+  ])
+
+
+def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
+  root, out = tmp_path / 'runs', tmp_path / 'out'
+  report_path = out / 'parameterization_quick.json'
+
+  # Nothing trained yet and --notrain: every run is reported as pending.
+  result = _parameterization(root, out, '--notrain')
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(report_path.read_text())
+  assert report['pending'] == ['x_snr_trunc', 'v_snr_trunc', 'x chain']
+
+  result = _parameterization(root, out)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(report_path.read_text())
+  for key in ('date', 'git_commit', 'machine', 'versions', 'jax_version'):
+    assert report[key], key
+  assert report['pending'] == []
+  # configs/test.py distills 4 -> 2 -> 1: the chain's teacher gets DDIM at
+  # 1, 2 and 4 steps, the other the table's columns, 4 and 2.
+  assert [(t['output'], t['weighting']) for t in report['teachers']] == [
+      ('x', 'snr_trunc'),
+      ('v', 'snr_trunc'),
+  ]
+  x_teacher, v_teacher = report['teachers']
+  assert set(x_teacher['ddim']) == {'1', '2', '4'}  # the chain's teacher
+  assert set(v_teacher['ddim']) == {'2', '4'}
+  for teacher in report['teachers']:
+    assert teacher['status'] == 'done'
+    assert teacher['diverged_or_nan'] is False
+    assert set(teacher['ancestral']) == {'0', '1'}
+    best = teacher['ancestral'][teacher['best_fraction']]['fd']
+    assert best == min(s['fd'] for s in teacher['ancestral'].values())
+    for score in [*teacher['ddim'].values(), *teacher['ancestral'].values()]:
+      assert _positive(score['fd']) and 0 <= score['accuracy'] <= 1
+  assert set(report['chains']) == {'x'}
+  for output, chain in report['chains'].items():
+    assert chain['status'] == 'done' and chain['weighting'] == 'snr_trunc'
+    assert set(chain['students']) == {'1', '2'}
+    teacher = next(t for t in report['teachers'] if t['output'] == output)
+    assert chain['ddim'] == teacher['ddim']
+  # No ε + truncated SNR teacher in --quick: that finding stays open.
+  assert report['findings']['eps_truncated_snr_diverges']['holds'] is None
+  table = (out / 'parameterization_quick.md').read_text()
+  assert '| x | truncated SNR | 2.53 / 9.92 |' in table
+  assert (out / 'parameterization_quick.png').stat().st_size > 0
+
+  # A rerun runs no main command: every phase and eval is kept.
+  logs = {p.name: p.read_text() for p in (root / 'logs').iterdir()}
+  result = _parameterization(root, out)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert 'diffusion_distillation.main' not in result.stdout
+  assert {p.name: p.read_text() for p in (root / 'logs').iterdir()} == logs
+  rerun = json.loads(report_path.read_text())
+  assert rerun['teachers'] == report['teachers']
+  assert rerun['chains'] == report['chains']

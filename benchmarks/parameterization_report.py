@@ -1,0 +1,293 @@
+"""The report of benchmarks/parameterization.py: the paper's Table 1 beside
+ours, the paper's findings checked, and the figure of FD against steps.
+
+Pure functions of the report dict that parameterization.collect builds
+(before it is written as JSON: step counts are ints).
+"""
+
+from matplotlib import figure
+
+OUTPUT_NAMES = {'both': 'both (x, ε)', 'x': 'x', 'eps': 'ε', 'v': 'v'}
+WEIGHTING_NAMES = {
+    'snr': 'SNR',
+    'snr_trunc': 'truncated SNR',
+    'v_mse': 'SNR+1',
+}
+# Table 1 of the paper: undistilled CIFAR-10, FID / IS (stochastic sampler,
+# DDIM sampler); None: diverges.
+PAPER_TABLE_1 = {
+    ('both', 'snr'): ('2.54 / 9.88', '2.78 / 9.56'),
+    ('both', 'snr_trunc'): ('2.47 / 9.85', '2.76 / 9.49'),
+    ('both', 'v_mse'): ('2.52 / 9.79', '2.87 / 9.45'),
+    ('x', 'snr'): ('2.65 / 9.80', '2.75 / 9.56'),
+    ('x', 'snr_trunc'): ('2.53 / 9.92', '2.51 / 9.58'),
+    ('x', 'v_mse'): ('2.56 / 9.84', '2.65 / 9.52'),
+    ('eps', 'snr'): ('2.59 / 9.84', '2.91 / 9.52'),
+    ('eps', 'snr_trunc'): None,
+    ('eps', 'v_mse'): ('2.56 / 9.77', '3.27 / 9.41'),
+    ('v', 'snr'): ('2.65 / 9.86', '3.05 / 9.56'),
+    ('v', 'snr_trunc'): ('2.45 / 9.80', '2.75 / 9.52'),
+    ('v', 'v_mse'): ('2.49 / 9.77', '2.87 / 9.43'),
+}
+# "Close together": the stable choices' DDIM FIDs span 2.51-3.27 in the
+# paper, (max - min) / min = 0.30; ours are called close if they span no
+# more.
+PAPER_DDIM_SPREAD = (3.27 - 2.51) / 2.51
+
+
+def _table_fd(teacher: dict, steps: int) -> float | None:
+  score = teacher.get('ddim', {}).get(steps)
+  return score and score['fd']
+
+
+def findings(report: dict, table_steps: int) -> dict:
+  """The paper's findings, each {'holds': True | False | None (not known
+  yet), 'detail': str}."""
+  teachers = report['teachers']
+  scored = [t for t in teachers if _table_fd(t, table_steps) is not None]
+  so_far = (
+      ''
+      if all(t['status'] != 'pending' for t in teachers)
+      else f' (so far: {len(scored)} of {len(teachers)} teachers scored)'
+  )
+  result = {}
+  eps = next(
+      (
+          t
+          for t in teachers
+          if (t['output'], t['weighting']) == ('eps', 'snr_trunc')
+      ),
+      None,
+  )
+  if eps is None or eps['diverged_or_nan'] is None:
+    result['eps_truncated_snr_diverges'] = {
+        'holds': None,
+        'detail': 'ε + truncated SNR not finished',
+    }
+  else:
+    stop = eps.get('diverged')
+    result['eps_truncated_snr_diverges'] = {
+        'holds': eps['diverged_or_nan'],
+        'detail': (
+            f'ε + truncated SNR diverged at {stop["phase"]} step {stop["step"]}'
+            if stop
+            else 'ε + truncated SNR gave NaN samples'
+            if eps['diverged_or_nan']
+            else 'ε + truncated SNR trained without diverging'
+        ),
+    }
+  fds = {
+      f"{t['output']}_{t['weighting']}": _table_fd(t, table_steps)
+      for t in scored
+      if not t['diverged_or_nan']
+  }
+  if len(fds) < 2:
+    result['stable_choices_close'] = {
+        'holds': None,
+        'detail': 'fewer than 2 stable teachers scored',
+    }
+    result['x_truncated_snr_best_ddim'] = {
+        'holds': None,
+        'detail': 'fewer than 2 stable teachers scored',
+    }
+  else:
+    low, high = min(fds.values()), max(fds.values())
+    spread = (high - low) / low
+    result['stable_choices_close'] = {
+        'holds': spread <= PAPER_DDIM_SPREAD,
+        'spread': spread,
+        'detail': (
+            f'DDIM-{table_steps} FD {low:.2f}-{high:.2f}, spread '
+            f"{spread:.0%} (the paper's DDIM FIDs: {PAPER_DDIM_SPREAD:.0%})"
+            + so_far
+        ),
+    }
+    best = min(fds, key=fds.get)
+    result['x_truncated_snr_best_ddim'] = {
+        'holds': best == 'x_snr_trunc',
+        'best': best,
+        'detail': (
+            f'best DDIM-{table_steps} FD: {best} {fds[best]:.2f}' + so_far
+        ),
+    }
+  ratios = {}
+  for output, chain in report['chains'].items():
+    if chain.get('students') and chain.get('ddim'):
+      one = chain['students'].get(1, {}).get('fd')
+      teacher_best = min(
+          (s['fd'] for s in chain['ddim'].values() if s['fd'] is not None),
+          default=None,
+      )
+      if one is not None and teacher_best:
+        ratios[output] = one / teacher_best
+  if 'eps' not in ratios or len(ratios) < 2:
+    result['eps_degrades_when_distilled'] = {
+        'holds': None,
+        'detail': 'the ε chain and another are not both scored',
+        'one_step_over_best_teacher_fd': ratios,
+    }
+  else:
+    others = {k: v for k, v in ratios.items() if k != 'eps'}
+    result['eps_degrades_when_distilled'] = {
+        'holds': ratios['eps'] > max(others.values()),
+        'one_step_over_best_teacher_fd': ratios,
+        'detail': (
+            "1-step student FD over the teacher's best DDIM FD: "
+            + ', '.join(f'{k} {v:.2f}' for k, v in ratios.items())
+        ),
+    }
+  return result
+
+
+def _weighting_name(chain: dict) -> str:
+  return WEIGHTING_NAMES.get(chain['weighting'], 'weighting not known yet')
+
+
+def _fd_cell(score: dict | None) -> str:
+  if not score:
+    return ''
+  return 'NaN' if score['nonfinite'] else f'{score["fd"]:.2f}'
+
+
+def _verdict(finding: dict) -> str:
+  holds = finding['holds']
+  word = 'not known yet' if holds is None else 'holds' if holds else 'does not'
+  return f'{word} ({finding["detail"]})'
+
+
+def markdown(report: dict) -> str:
+  """Table 1 laid out as the paper's, the paper's values beside ours, the
+  findings line, and the chains."""
+  high, low = report['settings']['table_ddim_steps']
+  ancestral_steps = report['settings']['ancestral_num_steps']
+  lines = [
+      (
+          f'{report["date"]}, commit {report["git_commit"]},'
+          f' {report["machine"]["cpu"]} ({report["machine"]["cpu_count"]}'
+          f' cores); {report["settings"]["config"]},'
+          f' {report["settings"]["num_samples"]} samples per entry, FD in the'
+          " digits classifier's features (floor"
+          f' {report["real_vs_real_fd"] or float("nan"):.2f}).'
+      ),
+      '',
+      (
+          '| output | weighting | stochastic: paper FID / IS | stochastic: FD'
+          f' (ancestral {ancestral_steps} steps, best f) | DDIM: paper FID / IS'
+          f' | DDIM: FD {high} steps | FD {low} steps | accuracy (DDIM'
+          f' {high}) |'
+      ),
+      '|---|---|---|---|---|---|---|---|',
+  ]
+  for t in report['teachers']:
+    if t['status'] == 'diverged':
+      stop = t['diverged']
+      ours = f'diverges (step {stop["step"]})'
+      ddim_high, ddim_low, accuracy = ours, '', ''
+    elif t['status'] == 'pending':
+      ours = ddim_high = 'pending'
+      ddim_low = accuracy = ''
+    else:
+      best = t['best_fraction']
+      ours = f'{_fd_cell(t["ancestral"][best])} (f={best})' if best else 'NaN'
+      ddim_high = _fd_cell(t['ddim'].get(high))
+      ddim_low = _fd_cell(t['ddim'].get(low))
+      score = t['ddim'].get(high)
+      accuracy = f'{score["accuracy"]:.3f}' if score else ''
+    lines.append(
+        f'| {OUTPUT_NAMES[t["output"]]} | {WEIGHTING_NAMES[t["weighting"]]} '
+        f'| {t["paper"]["stochastic"]} | {ours} | {t["paper"]["ddim"]} '
+        f'| {ddim_high} | {ddim_low} | {accuracy} |'
+    )
+  found = report['findings']
+  lines += [
+      '',
+      "The paper's findings here: ε + truncated SNR diverges: "
+      f'{_verdict(found["eps_truncated_snr_diverges"])}; the stable choices '
+      f'close together: {_verdict(found["stable_choices_close"])}; x + '
+      'truncated SNR best under DDIM: '
+      f'{_verdict(found["x_truncated_snr_best_ddim"])}; ε degrades most '
+      'when distilled to 1 step: '
+      f'{_verdict(found["eps_degrades_when_distilled"])}.',
+      '',
+      (
+          'Distillation chains (FD; accuracy in parentheses), each with '
+          'undistilled DDIM of the same teacher:'
+      ),
+      '',
+  ]
+  chains = report['chains']
+  header = '| steps |'
+  rule = '|---:|'
+  for output, chain in chains.items():
+    label = f'{OUTPUT_NAMES[output]} ({_weighting_name(chain)})'
+    header += f' {label} student | {label} DDIM |'
+    rule += '---:|---:|'
+  lines += [header, rule]
+  steps = sorted(
+      {int(n) for c in chains.values() for n in c.get('ddim', {})}
+      | {int(n) for c in chains.values() for n in c.get('students', {})}
+  )
+
+  def cell(score):
+    if not score:
+      return ''
+    return f'{_fd_cell(score)} ({score["accuracy"]:.3f})'
+
+  for n in steps:
+    row = f'| {n} |'
+    for chain in chains.values():
+      row += (
+          f' {cell(chain.get("students", {}).get(n))} '
+          f'| {cell(chain.get("ddim", {}).get(n))} |'
+      )
+    lines.append(row)
+  not_done = [
+      f'{OUTPUT_NAMES[c["output"]]} chain: {c["status"]}'
+      for c in chains.values()
+      if c['status'] != 'done'
+  ] + [
+      f'{t["output"]}_{t["weighting"]}: pending'
+      for t in report['teachers']
+      if t['status'] == 'pending'
+  ]
+  if not_done:
+    lines += ['', 'Not finished when scored: ' + '; '.join(not_done) + '.']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(report: dict, path: str):
+  """FD against steps: one solid line per chain's students, the same
+  teacher's undistilled DDIM dashed in the same colour."""
+  fig = figure.Figure(figsize=(6.5, 4.2), dpi=120)
+  ax = fig.add_subplot()
+  colours = {'x': 'C0', 'v': 'C1', 'both': 'C2', 'eps': 'C3'}
+  for output, chain in report['chains'].items():
+    label = f'{OUTPUT_NAMES[output]}, {_weighting_name(chain)}'
+    for curve, style, suffix in (
+        ('students', 'o-', 'distilled'),
+        ('ddim', 's--', 'DDIM'),
+    ):
+      points = sorted(
+          (int(n), s['fd'])
+          for n, s in chain.get(curve, {}).items()
+          if s['fd'] is not None
+      )
+      if points:
+        ax.plot(
+            *zip(*points),
+            style,
+            color=colours.get(output),
+            label=f'{label} {suffix}',
+        )
+  if report['real_vs_real_fd']:
+    ax.axhline(
+        report['real_vs_real_fd'], color='gray', lw=1, label='real vs real'
+    )
+  ax.set_xscale('log', base=2)
+  ax.set_yscale('log')
+  ax.set_xlabel('sampling steps')
+  ax.set_ylabel('FD (digits classifier features)')
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)

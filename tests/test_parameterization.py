@@ -1,0 +1,109 @@
+"""The parameterization benchmark's reading of logs and its findings, on
+hand-made inputs (the script itself runs in test_benchmarks.py)."""
+
+from benchmarks import parameterization as pz
+from benchmarks import parameterization_report as report_lib
+
+_TRAIN_LOG = """\
+I1201 train.py] [300] train/loss=0.4
+error: train diverged: the state holds NaN or inf at step 400 and was not \
+saved; the last good checkpoint is w/teacher/300. To resume from it, ...
+"""
+
+_DISTILL_LOG = """\
+I1201 pipeline.py:1] Round 1/6: 64 -> 32 sampling steps
+I1201 pipeline.py:1] Round 2/6: 32 -> 16 sampling steps
+W1201 health.py:1] distill: skipped 2 non-finite update(s) of the 100 up to \
+step 60
+W1201 health.py:1] distill: skipped 30 non-finite update(s) of the 100 up to \
+step 80
+error: distill: 32 of the last 100 updates were non-finite and skipped \
+(more than distill.max_skipped_fraction=0.1); the run trains nothing.
+"""
+
+
+def test_read_stop_finds_the_divergence_and_its_step():
+  stop = pz.read_stop(_TRAIN_LOG)
+  assert stop['phase'] == 'train' and stop['step'] == 400
+  assert stop['round_student_steps'] is None
+  assert stop['message'].startswith('error: train diverged')
+  stop = pz.read_stop(_DISTILL_LOG)
+  assert stop['phase'] == 'distill' and stop['step'] == 80
+  assert stop['round_student_steps'] == 16
+  assert pz.skipped_updates(_DISTILL_LOG) == 32
+  assert pz.read_stop('error: /w is in use by another run') is None
+
+
+def test_a_finished_model_is_read_from_its_folder_name(tmp_path):
+  models = tmp_path / 'models'
+  for name in ('0', '32', '16.orbax-checkpoint-tmp-1'):
+    (models / name).mkdir(parents=True)
+    (models / name / '_CHECKPOINT_METADATA').write_text('{}')
+  (models / '8').mkdir()  # no metadata: not finished
+  assert pz.finished_models(str(tmp_path)) == [0, 32]
+  assert pz.finished_models(str(tmp_path / 'absent')) == []
+
+
+def _teacher(output, weighting, fd=None, status='done', diverged=None):
+  teacher = {
+      'output': output,
+      'weighting': weighting,
+      'status': status,
+      'diverged_or_nan': None if status == 'pending' else status != 'done',
+  }
+  if fd is not None:
+    teacher['ddim'] = {64: {'fd': fd, 'accuracy': 0.99, 'nonfinite': False}}
+  if diverged:
+    teacher['diverged'] = diverged
+  return teacher
+
+
+def _chain(one_step_fd, teacher_fd):
+  score = lambda fd: {'fd': fd, 'accuracy': 0.9, 'nonfinite': False}  # noqa: E731
+  return {
+      'status': 'done',
+      'students': {1: score(one_step_fd), 2: score(teacher_fd)},
+      'ddim': {64: score(teacher_fd), 1: score(100.0)},
+  }
+
+
+def test_findings_as_the_paper_has_them():
+  report = {
+      'teachers': [
+          _teacher('x', 'snr_trunc', 9.0),
+          _teacher('v', 'snr_trunc', 10.0),
+          _teacher(
+              'eps',
+              'snr_trunc',
+              status='diverged',
+              diverged={'phase': 'train', 'step': 400},
+          ),
+      ],
+      'chains': {'x': _chain(10.0, 9.0), 'eps': _chain(30.0, 10.0)},
+  }
+  found = report_lib.findings(report, 64)
+  assert found['eps_truncated_snr_diverges']['holds'] is True
+  assert 'train step 400' in found['eps_truncated_snr_diverges']['detail']
+  assert found['stable_choices_close']['holds'] is True  # 11 % apart
+  assert found['x_truncated_snr_best_ddim']['holds'] is True
+  ratios = found['eps_degrades_when_distilled']['one_step_over_best_teacher_fd']
+  assert ratios == {'x': 10.0 / 9.0, 'eps': 3.0}
+  assert found['eps_degrades_when_distilled']['holds'] is True
+
+
+def test_findings_that_do_not_hold_or_are_not_known_yet():
+  report = {
+      'teachers': [
+          _teacher('x', 'snr_trunc', 20.0),
+          _teacher('v', 'snr_trunc', 10.0),
+          _teacher('eps', 'snr_trunc', 12.0),
+          _teacher('both', 'snr', status='pending'),
+      ],
+      'chains': {'x': _chain(10.0, 9.0)},
+  }
+  found = report_lib.findings(report, 64)
+  assert found['eps_truncated_snr_diverges']['holds'] is False
+  assert found['stable_choices_close']['holds'] is False  # 100 % apart
+  assert 'so far: 3 of 4' in found['stable_choices_close']['detail']
+  assert found['x_truncated_snr_best_ddim']['best'] == 'v_snr_trunc'
+  assert found['eps_degrades_when_distilled']['holds'] is None
