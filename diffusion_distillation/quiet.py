@@ -136,9 +136,12 @@ CLOSED_EVENT_LOOP = Echoes(_CLOSED_LOOP, uncaught=True)
 # What orbax's aborted reads of a checkpoint that failed to restore report
 # afterwards through sys.unraisablehook (hundreds of multi-line tracebacks,
 # possibly during later, unrelated code): TensorStore callbacks posting to
-# orbax's closed event loop, and read coroutines closed by the collector.
+# orbax's closed event loop, and read coroutines closed by the collector,
+# awaited or not.
 ABORTED_READS = Echoes(
-    _CLOSED_LOOP, 'Encountered error while reading array index'
+    _CLOSED_LOOP,
+    'Encountered error while reading array index',
+    "coroutine '_read_array_index_and_device_put' was never awaited",
 )
 
 _GROUPS = (CLOSED_EVENT_LOOP, ABORTED_READS)

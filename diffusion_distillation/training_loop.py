@@ -138,8 +138,11 @@ def train(
 def _resume(leg: Leg, mngr, abstract_state) -> tuple:
   """(the newest state of this leg that restores, or None; the last good
   checkpoint a diverged run would name)."""
+  # A later round's checkpoint at its step_offset is the round before's
+  # final state; a leg that starts at 0 may resume from a state saved at 0.
+  after_step = leg.step_offset if leg.step_offset else -1
   restored = checkpoints.restore_latest(
-      mngr, abstract_state, after_step=leg.step_offset
+      mngr, abstract_state, after_step=after_step
   )
   fresh = (None, f'none: {leg.fresh_note}')
   if restored is None:
