@@ -83,6 +83,9 @@ def get_config():
       start_num_steps=_required(int),  # the teacher's DDIM steps
       end_num_steps=1,  # each round halves the steps, down to this
       steps_per_round=50_000,
+      # The rounds to 2 and to 1 step train for steps_per_round times this
+      # (the paper's section 5.2: 2; the release's configs: 1).
+      final_rounds_updates_multiplier=1,
       batch_size=_required(int),
       substeps=10,
       learning_rate=_required(float),  # decays linearly to 0 in each round

@@ -156,6 +156,10 @@ def check_config(
   check_round_range(
       config.distill.start_num_steps, config.distill.end_num_steps
   )
+  check_positive_int(
+      config.distill.final_rounds_updates_multiplier,
+      'distill.final_rounds_updates_multiplier',
+  )
   check_fraction(model.dropout, 'model.dropout')
   check_positive_int(config.log_every_steps, 'log_every_steps')
   check_positive_int(config.sample.num_samples, 'sample.num_samples')

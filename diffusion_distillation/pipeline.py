@@ -44,6 +44,25 @@ def round_step_counts(config: ml_collections.ConfigDict) -> list:
   return counts
 
 
+# Students of this many sampling steps or fewer take
+# distill.final_rounds_updates_multiplier times the updates.
+FINAL_ROUNDS_MAX_STEPS = 2
+
+
+def round_updates(config: ml_collections.ConfigDict) -> list:
+  """Optimizer updates of each round, aligned with round_step_counts."""
+  distill = config.distill
+  return [
+      distill.steps_per_round
+      * (
+          distill.final_rounds_updates_multiplier
+          if n <= FINAL_ROUNDS_MAX_STEPS
+          else 1
+      )
+      for n in round_step_counts(config)
+  ]
+
+
 def train_teacher(run: Run):
   """Trains the continuous-time teacher; saves it as models/0."""
   config = run.config
@@ -120,29 +139,34 @@ def distill(run: Run):
   done = run.store.models()
   if all(n in done for n in student_step_counts):
     logging.info('Distillation already finished in %s', run.workdir)
-  trainer = None
+  trainers = {}  # by updates per round: the learning rate decays over them
   for round_index, student_steps in enumerate(student_step_counts):
     if student_steps in done:
       name = f'grid_{student_steps}'
       _write_missing_grid(run, student_steps, student_steps, name)
       continue
-    if trainer is None:
-      trainer = trainer_lib.build(run.config, phases.DISTILL, run.mesh)
+    updates = round_updates(run.config)[round_index]
+    if updates not in trainers:
+      trainers[updates] = trainer_lib.build(
+          run.config, phases.DISTILL, run.mesh, decay_steps=updates
+      )
     if round_index == 0:
       teacher = _first_teacher(run)
     else:
       teacher = run.store.load(
           student_step_counts[round_index - 1], source='previous round'
       )
-    _distill_round(run, trainer, teacher, round_index, student_step_counts)
+    _distill_round(run, trainers[updates], teacher, round_index)
 
 
-def _distill_round(run: Run, trainer, teacher, round_index: int, counts):
-  """Round `round_index`: the student of counts[round_index] steps learns
-  two DDIM steps of `teacher` in one; saved as models/<its steps>."""
+def _distill_round(run: Run, trainer, teacher, round_index: int):
+  """Round `round_index`: the student of round_step_counts[round_index]
+  steps learns two DDIM steps of `teacher` in one; saved as models/<its
+  steps>."""
+  counts, all_updates = round_step_counts(run.config), round_updates(run.config)
   student_steps, num_rounds = counts[round_index], len(counts)
-  updates = run.config.distill.steps_per_round
-  offset = round_index * updates
+  updates = all_updates[round_index]
+  offset = sum(all_updates[:round_index])
   teacher_name = 'teacher'
   if round_index:
     teacher_name = os.path.join(
@@ -156,7 +180,7 @@ def _distill_round(run: Run, trainer, teacher, round_index: int, counts):
       meta={'phase': phases.DISTILL.name, 'num_sample_steps': student_steps},
       fresh_note=f'the round would start again from {teacher_name}',
       step_offset=offset,
-      total_updates=num_rounds * updates,
+      total_updates=sum(all_updates),
   )
   logging.info(
       'Round %d/%d: %d -> %d sampling steps',

@@ -30,6 +30,13 @@ _RESUMABLE_CHANGES = (
     'dataset.manual_dir',
 )
 
+# Fields added since runs were first recorded, with the value that trains
+# as the code did before them: a workdir recorded without one resumes when
+# it has that value.
+_ADDED_FIELDS = {
+    'distill.final_rounds_updates_multiplier': 1,
+}
+
 
 def _flatten(tree, prefix=''):
   if isinstance(tree, dict):
@@ -64,6 +71,8 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> dict:
   for key in sorted(set(old) | set(new)):
     before, after = old.get(key, '<absent>'), new.get(key, '<absent>')
     if before == after or _matches(key, _RESUMABLE_CHANGES):
+      continue
+    if before == '<absent>' and _ADDED_FIELDS.get(key, before) == after:
       continue
     if key in phases.RECOVERY_CHANGES:
       recovery[key] = (before, after)

@@ -103,6 +103,7 @@ def build(
     mesh: jax.sharding.Mesh,
     *,
     substep_loop: str | None = None,
+    decay_steps: int | None = None,
 ) -> Trainer:
   """The Trainer of `phase` (a phases.Phase or its name) on `mesh`.
 
@@ -111,7 +112,8 @@ def build(
   decays to 0 over the phase's decay field (phases.py), if it has one. A
   phase with a teacher gets the teacher's network too: a guided teacher's
   for stage one. `substep_loop` ('scan' | 'unrolled') defaults to
-  default_substep_loop(the mesh's platform).
+  default_substep_loop(the mesh's platform); `decay_steps` replaces the
+  decay field's value (a distillation round of its own length).
   """
   if isinstance(phase, str):
     phase = phases_lib.get(phase)
@@ -126,7 +128,11 @@ def build(
       config, dropout=phase.dropout(config), guidance_embedding=is_student
   )
   optimizer = train_state_lib.make_optimizer(
-      config, phase.name, decay_steps=phase.decay_steps(config)
+      config,
+      phase.name,
+      decay_steps=phase.decay_steps(config)
+      if decay_steps is None
+      else decay_steps,
   )
   settings = steps.step_settings(
       config,

@@ -46,6 +46,10 @@ _LONG_NAME = 'a' * 300  # file systems allow 255 bytes per name
         ({'sample.num_samples': 0}, 'sample.num_samples=0: give at least 1'),
         ({'sample.num_samples': -3}, 'sample.num_samples=-3'),
         ({'eval.num_samples': 0}, 'eval.num_samples=0'),
+        (
+            {'distill.final_rounds_updates_multiplier': 0},
+            'distill.final_rounds_updates_multiplier=0: give at least 1',
+        ),
     ],
 )
 def test_bad_config_values_are_refused_before_any_write(

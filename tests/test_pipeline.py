@@ -136,6 +136,28 @@ def test_resume_after_sigkill_mid_round_matches_uninterrupted(
     )
 
 
+@pytest.mark.slow
+def test_doubled_final_rounds_train_twice_as_long(trained_workdir, tmp_path):
+  # The tiny chain 4 -> 2 -> 1 is all final rounds: 8 updates each, not 4.
+  teacher_workdir, _, _ = trained_workdir
+  config = tiny_config(**{
+      'distill.final_rounds_updates_multiplier': 2,
+      'distill.teacher_checkpoint': teacher_workdir,
+  })
+  workdir = str(tmp_path / 'w')
+  pipeline.run_mode(config, workdir, 'distill')
+  for num_steps in (2, 1):
+    assert workdir_lib.model_meta(workdir, num_steps)['distill_steps'] == 8
+  steps = sorted(
+      int(name)
+      for name in os.listdir(
+          os.path.join(workdir, workdir_lib.DISTILL_CHECKPOINTS)
+      )
+      if name.isdigit()
+  )
+  assert steps[-1] == 16, steps  # the second round ends at 8 + 8
+
+
 # A teacher long enough that a signal sent once its first checkpoint is on
 # disk lands mid-training: 500 dispatches, a checkpoint every 50.
 _LONG_TEACHER = {
