@@ -66,6 +66,9 @@ class Budget:
   table_ddim_steps: the DDIM step counts of the table's columns.
   ancestral_num_steps: the ancestral sampler's step count.
   variance_fractions: the f of 'fixed_medium:f' searched.
+  longer_final_rounds: the outputs whose chain is distilled again from the
+    same teacher with the rounds to 2 and 1 step `final_rounds_multiplier`
+    times as long (the paper's section 5.2: 2).
   """
 
   config: str
@@ -75,6 +78,8 @@ class Budget:
   table_ddim_steps: tuple
   ancestral_num_steps: int
   variance_fractions: tuple
+  longer_final_rounds: tuple
+  final_rounds_multiplier: int
 
 
 FULL = Budget(
@@ -85,6 +90,8 @@ FULL = Budget(
     table_ddim_steps=(64, 8),
     ancestral_num_steps=64,
     variance_fractions=(0.0, 0.25, 0.5, 0.75, 1.0),
+    longer_final_rounds=('v',),  # the embedded default's output
+    final_rounds_multiplier=2,
 )
 # configs/test.py: a few steps of a tiny network, 20 samples per entry.
 QUICK = Budget(
@@ -95,6 +102,8 @@ QUICK = Budget(
     table_ddim_steps=(4, 2),
     ancestral_num_steps=4,
     variance_fractions=(0.0, 1.0),
+    longer_final_rounds=('x',),
+    final_rounds_multiplier=2,
 )
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -139,6 +148,11 @@ _IN_USE = 'is in use'
 
 def run_name(output: str, weighting: str) -> str:
   return f'{output}_{weighting}'
+
+
+def longer_rounds_name(run: tuple, multiplier: int) -> str:
+  """The workdir of `run`'s chain with longer final rounds."""
+  return f'{run_name(*run)}_final_rounds_{multiplier}x'
 
 
 def _log_path(root: str, name: str, mode: str) -> str:
@@ -225,8 +239,9 @@ class RunFailed(RuntimeError):
   """A main command failed for a reason other than divergence or a lock."""
 
 
-def _run_main(budget, root, workdir, mode, run, extra=()) -> str:
-  """Runs the main command, its output appended to ROOT/logs as it comes.
+def _run_main(budget, root, workdir, mode, run, extra=(), name=None) -> str:
+  """Runs the main command, its output appended to ROOT/logs/<name>.<mode>.log
+  (name: run_name(*run) by default) as it comes.
 
   Returns:
     'ok', 'diverged' (exit status 3 with a divergence line) or 'busy'
@@ -235,7 +250,8 @@ def _run_main(budget, root, workdir, mode, run, extra=()) -> str:
   Raises:
     RunFailed for any other failure, with the command's last line.
   """
-  log = _log_path(root, run_name(*run), mode)
+  name = name or run_name(*run)
+  log = _log_path(root, name, mode)
   os.makedirs(os.path.dirname(log), exist_ok=True)
   command = main_command(budget, workdir, mode, run, extra)
   timing.progress(' '.join(command[2:]))
@@ -258,7 +274,7 @@ def _run_main(budget, root, workdir, mode, run, extra=()) -> str:
     return 'busy'
   lines = [line for line in text.splitlines() if line.strip()]
   raise RunFailed(
-      f'{run_name(*run)} --mode={mode} exited {returncode}: '
+      f'{name} --mode={mode} exited {returncode}: '
       f'{lines[-1] if lines else ""} (log: {log})'
   )
 
@@ -277,9 +293,12 @@ def teacher_state(root: str, run: tuple) -> dict:
   return dict(state, status='pending')
 
 
-def chain_state(root: str, run: tuple, student_steps: list) -> dict:
-  """Like teacher_state, for the distillation chain in the same workdir."""
-  name = run_name(*run)
+def chain_state(
+    root: str, run: tuple, student_steps: list, name: str | None = None
+) -> dict:
+  """Like teacher_state, for the distillation chain in the same workdir (or
+  in ROOT/<name>)."""
+  name = name or run_name(*run)
   models = finished_models(os.path.join(root, name))
   log = _read(_log_path(root, name, 'distill'))
   state = {
@@ -347,9 +366,40 @@ def train_missing(budget: Budget, root: str, config):
     ):
       workdir = os.path.join(root, run_name(*run))
       _run_main(budget, root, workdir, 'distill', run)
+  for output in budget.longer_final_rounds:
+    run = chain_run(root, output)
+    if run is None or teacher_state(root, run)['status'] != 'done':
+      continue
+    name = longer_rounds_name(run, budget.final_rounds_multiplier)
+    if chain_state(root, run, student_step_counts(config), name)['status'] == (
+        'pending'
+    ):
+      _run_main(
+          budget,
+          root,
+          os.path.join(root, name),
+          'distill',
+          run,
+          longer_rounds_overrides(budget, root, run),
+          name=name,
+      )
   for run in teacher_runs(budget):
     if run not in chain_teachers:
       train(run)
+
+
+def longer_rounds_overrides(budget: Budget, root: str, run: tuple) -> list:
+  """The chain again, from `run`'s teacher, with longer final rounds."""
+  return [
+      (
+          '--config.distill.final_rounds_updates_multiplier='
+          f'{budget.final_rounds_multiplier}'
+      ),
+      (
+          '--config.distill.teacher_checkpoint='
+          f'{os.path.join(root, run_name(*run))}'
+      ),
+  ]
 
 
 def _steps_tuple(steps) -> str:
@@ -373,7 +423,9 @@ def eval_overrides(
   return overrides
 
 
-def cached_eval(budget, root, workdir, run, label, overrides) -> dict | None:
+def cached_eval(
+    budget, root, workdir, run, label, overrides, name=None
+) -> dict | None:
   """The results.json of --mode=eval with `overrides` on `workdir`, kept as
   eval/<label>.json and reused while the overrides are the same; None when
   another process holds the workdir."""
@@ -383,7 +435,7 @@ def cached_eval(budget, root, workdir, run, label, overrides) -> dict | None:
       saved = json.load(f)
     if saved['overrides'] == overrides:
       return saved['results']
-  if _run_main(budget, root, workdir, 'eval', run, overrides) == 'busy':
+  if _run_main(budget, root, workdir, 'eval', run, overrides, name) == 'busy':
     return None
   with open(os.path.join(workdir, 'eval', 'results.json')) as f:
     results = json.load(f)
@@ -459,16 +511,20 @@ def score_teacher(budget, root, run, ddim_steps) -> dict:
   }
 
 
-def score_chain(budget, root, run, start_num_steps) -> dict | None:
-  """Every student's FD and accuracy ({steps: score}); None when another
-  process holds the workdir."""
-  overrides = eval_overrides(
+def score_chain(
+    budget, root, run, start_num_steps, name=None, extra=()
+) -> dict | None:
+  """Every student's FD and accuracy ({steps: score}) of the chain in
+  ROOT/<name> (default: the run's own workdir), whose commands take the
+  `extra` overrides too; None when another process holds the workdir."""
+  name = name or run_name(*run)
+  overrides = list(extra) + eval_overrides(
       ddim_steps=(start_num_steps,),
       ancestral_steps=(),
       reference_steps=start_num_steps,
   )
   results = cached_eval(
-      budget, root, os.path.join(root, run_name(*run)), run, 'chain', overrides
+      budget, root, os.path.join(root, name), run, 'chain', overrides, name
   )
   if results is None:
     return None
@@ -552,7 +608,34 @@ def collect(budget: Budget, root: str, config) -> dict:
     if chain['students'] is None:
       chain['status'] = 'pending'  # another process holds the workdir
       del chain['students']
-  return {'teachers': teachers, 'chains': chains}
+  longer = {}
+  for output in budget.longer_final_rounds:
+    run = chain_run(root, output)
+    if run is None or teacher_state(root, run)['status'] != 'done':
+      longer[output] = {'status': 'pending'}
+      continue
+    name = longer_rounds_name(run, budget.final_rounds_multiplier)
+    entry = {
+        'weighting': run[1],
+        'multiplier': budget.final_rounds_multiplier,
+        'workdir': os.path.join(root, name),
+        **chain_state(root, run, students, name),
+    }
+    if entry['status'] == 'done':
+      scores = score_chain(
+          budget,
+          root,
+          run,
+          start,
+          name,
+          longer_rounds_overrides(budget, root, run),
+      )
+      if scores is None:
+        entry['status'] = 'pending'
+      else:
+        entry['students'] = scores
+    longer[output] = entry
+  return {'teachers': teachers, 'chains': chains, 'longer_final_rounds': longer}
 
 
 def _versions() -> dict:
@@ -609,6 +692,7 @@ def main(argv):
           'table_ddim_steps': list(budget.table_ddim_steps),
           'ancestral_num_steps': budget.ancestral_num_steps,
           'variance_fractions': list(budget.variance_fractions),
+          'final_rounds_multiplier': budget.final_rounds_multiplier,
       },
       real_vs_real_fd=floors[0] if floors else None,
       pending=[
@@ -619,6 +703,11 @@ def main(argv):
       + [
           f'{output} chain'
           for output, c in report['chains'].items()
+          if c['status'] == 'pending'
+      ]
+      + [
+          f'{output} chain with longer final rounds'
+          for output, c in report['longer_final_rounds'].items()
           if c['status'] == 'pending'
       ],
   )

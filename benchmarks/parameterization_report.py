@@ -136,7 +136,38 @@ def findings(report: dict, table_steps: int) -> dict:
             + ', '.join(f'{k} {v:.2f}' for k, v in ratios.items())
         ),
     }
+  result['longer_final_rounds'] = _longer_final_rounds(report)
   return result
+
+
+def _longer_final_rounds(report: dict) -> dict:
+  """The 1-step FD of each chain distilled again with longer final rounds,
+  against the same teacher's chain with every round as long: {'holds':
+  None (a measurement, not a finding of the paper's), 'one_step_fd':
+  {output: (as long, longer)}, 'detail': str}."""
+  pairs = {}
+  for output, longer in report.get('longer_final_rounds', {}).items():
+    base = report['chains'].get(output, {}).get('students', {}).get(1)
+    new = longer.get('students', {}).get(1)
+    if base and new and base['fd'] is not None and new['fd'] is not None:
+      pairs[output] = (base['fd'], new['fd'])
+  if not pairs:
+    return {
+        'holds': None,
+        'one_step_fd': {},
+        'detail': 'no chain with longer final rounds scored',
+    }
+  multiplier = report['settings']['final_rounds_multiplier']
+  return {
+      'holds': None,
+      'one_step_fd': pairs,
+      'detail': '; '.join(
+          f'{OUTPUT_NAMES[output]}: 1-step FD {base:.2f} with every round '
+          f'as long, {new:.2f} with the rounds to 2 and 1 step '
+          f'{multiplier}x as long ({(new - base) / base:+.0%})'
+          for output, (base, new) in pairs.items()
+      ),
+  }
 
 
 def _weighting_name(chain: dict) -> str:
@@ -228,19 +259,15 @@ def markdown(report: dict) -> str:
       | {int(n) for c in chains.values() for n in c.get('students', {})}
   )
 
-  def cell(score):
-    if not score:
-      return ''
-    return f'{_fd_cell(score)} ({score["accuracy"]:.3f})'
-
   for n in steps:
     row = f'| {n} |'
     for chain in chains.values():
       row += (
-          f' {cell(chain.get("students", {}).get(n))} '
-          f'| {cell(chain.get("ddim", {}).get(n))} |'
+          f' {_score_cell(chain.get("students", {}).get(n))} '
+          f'| {_score_cell(chain.get("ddim", {}).get(n))} |'
       )
     lines.append(row)
+  lines += _longer_rounds_lines(report)
   not_done = [
       f'{OUTPUT_NAMES[c["output"]]} chain: {c["status"]}'
       for c in chains.values()
@@ -253,6 +280,43 @@ def markdown(report: dict) -> str:
   if not_done:
     lines += ['', 'Not finished when scored: ' + '; '.join(not_done) + '.']
   return '\n'.join(lines) + '\n'
+
+
+def _longer_rounds_lines(report: dict) -> list:
+  """The chains distilled again with longer final rounds, beside the same
+  teacher's chain (FD; accuracy in parentheses)."""
+  lines = []
+  multiplier = report['settings']['final_rounds_multiplier']
+  for output, longer in report.get('longer_final_rounds', {}).items():
+    if not longer.get('students'):
+      continue
+    base = report['chains'].get(output, {}).get('students', {})
+    lines += [
+        '',
+        (
+            f'{OUTPUT_NAMES[output]} ({WEIGHTING_NAMES[longer["weighting"]]}) '
+            f'distilled again with the rounds to 2 and 1 step {multiplier}x as '
+            "long (the paper's section 5.2), from the same teacher:"
+        ),
+        '',
+        f'| steps | every round as long | final rounds {multiplier}x |',
+        '|---:|---:|---:|',
+    ]
+    for n in sorted(longer['students'], reverse=True):
+      lines.append(
+          f'| {n} | {_score_cell(base.get(n))} '
+          f'| {_score_cell(longer["students"][n])} |'
+      )
+  if lines:
+    detail = report['findings']['longer_final_rounds']['detail']
+    lines += ['', f'{detail[0].upper()}{detail[1:]}.']
+  return lines
+
+
+def _score_cell(score: dict | None) -> str:
+  if not score:
+    return ''
+  return f'{_fd_cell(score)} ({score["accuracy"]:.3f})'
 
 
 def plot(report: dict, path: str):

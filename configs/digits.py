@@ -38,15 +38,13 @@ def get_config():
       attn_resolutions=(4,),
       dropout=0.1,
       num_groups=8,
-      # 'v' here: with 1,500 teacher steps an x-predicting teacher (the
-      # CIFAR-10 choice) still had gradient norms of 20-165 and left speckled
-      # backgrounds; 'v' trained at norms of 0.2-0.4 and gave clean digits
-      # (same seed, same budget).
+      # 'v', not CIFAR-10's 'x': at this short budget an x-predicting
+      # teacher still trained at large gradient norms and left speckled
+      # backgrounds (benchmarks/README.md, "The digits default").
       mean_type='v',
   )
   config.train.update(
-      # The teacher's FD had settled by 1,500 steps: 8.85 at 64 DDIM steps,
-      # 8.80 after 2,000 (1,000 samples, the same noise).
+      # The teacher's FD has settled by then (benchmarks/README.md).
       num_steps=1500,
       batch_size=128,
       # On CPU the substeps are traced one after another (see steps.py) and
@@ -55,17 +53,15 @@ def get_config():
       learning_rate=2e-3,
       warmup_steps=100,
       ema_decay=0.999,
-      # With 'constant' (the release) 22% of the EMA was still the random
-      # initialisation after 1,500 steps (0.999^1500): FD 70 at 64 DDIM
-      # steps. 'warmup' gave 8.85 and 'debias' at decay 0.995 8.99 (the raw
-      # parameters 19.9), same seed and budget.
+      # With 'constant' (the release) 0.999^1500 = 22% of the EMA would
+      # still be the random initialisation after 1,500 steps.
       ema_schedule='warmup',
   )
   config.distill.update(
       start_num_steps=64,
-      # 150 steps per round left the students within 0.3 FD of 200 (1-step
-      # 10.5 against 10.2, 4-step 9.1 against 9.0) in 3/4 of the time, so
-      # that distillation to 1 step takes less time than the teacher.
+      # Enough that the students are as good as with longer rounds, short
+      # enough that distillation to 1 step takes less time than the teacher
+      # (benchmarks/README.md, "The digits default").
       steps_per_round=150,
       batch_size=128,
       substeps=1,

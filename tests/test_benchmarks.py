@@ -178,7 +178,12 @@ def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
   result = _parameterization(root, out, '--notrain')
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.loads(report_path.read_text())
-  assert report['pending'] == ['x_snr_trunc', 'v_snr_trunc', 'x chain']
+  assert report['pending'] == [
+      'x_snr_trunc',
+      'v_snr_trunc',
+      'x chain',
+      'x chain with longer final rounds',
+  ]
 
   result = _parameterization(root, out)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -209,6 +214,16 @@ def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
     assert set(chain['students']) == {'1', '2'}
     teacher = next(t for t in report['teachers'] if t['output'] == output)
     assert chain['ddim'] == teacher['ddim']
+  # The x chain again from the same teacher, its rounds (both final: to 2
+  # and to 1 step) twice as long.
+  longer = report['longer_final_rounds']['x']
+  assert longer['status'] == 'done' and longer['multiplier'] == 2
+  assert set(longer['students']) == {'1', '2'}
+  one_step = report['findings']['longer_final_rounds']['one_step_fd']['x']
+  assert one_step == [
+      report['chains']['x']['students']['1']['fd'],
+      longer['students']['1']['fd'],
+  ]
   # No ε + truncated SNR teacher in --quick: that finding stays open.
   assert report['findings']['eps_truncated_snr_diverges']['holds'] is None
   table = (out / 'parameterization_quick.md').read_text()
@@ -224,3 +239,4 @@ def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
   rerun = json.loads(report_path.read_text())
   assert rerun['teachers'] == report['teachers']
   assert rerun['chains'] == report['chains']
+  assert rerun['longer_final_rounds'] == report['longer_final_rounds']

@@ -107,3 +107,27 @@ def test_findings_that_do_not_hold_or_are_not_known_yet():
   assert 'so far: 3 of 4' in found['stable_choices_close']['detail']
   assert found['x_truncated_snr_best_ddim']['best'] == 'v_snr_trunc'
   assert found['eps_degrades_when_distilled']['holds'] is None
+
+
+def test_longer_final_rounds_are_reported_beside_the_same_teachers_chain():
+  score = lambda fd: {'fd': fd, 'accuracy': 0.9, 'nonfinite': False}  # noqa: E731
+  report = {
+      'teachers': [_teacher('v', 'snr_trunc', 9.0)],
+      'chains': {'v': _chain(10.0, 9.0)},
+      'longer_final_rounds': {
+          'v': {
+              'status': 'done',
+              'weighting': 'snr_trunc',
+              'students': {2: score(9.0), 1: score(9.5)},
+          }
+      },
+      'settings': {'final_rounds_multiplier': 2},
+  }
+  found = report_lib.findings(report, 64)['longer_final_rounds']
+  assert found['one_step_fd'] == {'v': (10.0, 9.5)}
+  assert '1-step FD 10.00 with every round as long, 9.50' in found['detail']
+  assert '(-5%)' in found['detail']
+  report['findings'] = {'longer_final_rounds': found}
+  lines = report_lib._longer_rounds_lines(report)
+  assert '| 1 | 10.00 (0.900) | 9.50 (0.900) |' in lines
+  assert '| 2 | 9.00 (0.900) | 9.00 (0.900) |' in lines
