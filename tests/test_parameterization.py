@@ -131,3 +131,23 @@ def test_longer_final_rounds_are_reported_beside_the_same_teachers_chain():
   lines = report_lib._longer_rounds_lines(report)
   assert '| 1 | 10.00 (0.900) | 9.50 (0.900) |' in lines
   assert '| 2 | 9.00 (0.900) | 9.00 (0.900) |' in lines
+
+
+def test_the_stable_choices_are_the_papers_even_when_eps_trains_here():
+  report = {
+      'teachers': [
+          _teacher('x', 'snr_trunc', 9.0),
+          _teacher('v', 'snr_trunc', 10.0),
+          _teacher('eps', 'snr_trunc', 70.0),  # trained, badly
+          _teacher('eps', 'v_mse', 40.0),
+      ],
+      'chains': {},
+  }
+  findings = report_lib.findings(report, 64)
+  assert findings['eps_truncated_snr_diverges']['detail'] == (
+      'ε + truncated SNR trained without diverging (DDIM-64 FD 70.00)'
+  )
+  found = findings['stable_choices_close']
+  assert found['holds'] is False
+  assert found['detail'].startswith('DDIM-64 FD 9.00-40.00, spread 344%')
+  assert 'without ε 9.00-10.00, spread 11%' in found['detail']
