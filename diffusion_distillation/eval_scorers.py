@@ -9,7 +9,7 @@ of its results row (evaluation.score runs them).
   InceptionScorer  FID, Inception Score, precision and recall (tfds
                    datasets), against the train split's statistics.
 
-guided_evaluation.py adds the guided ones.
+guided/evaluation.py adds the guided ones.
 """
 
 import dataclasses

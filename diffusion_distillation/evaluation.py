@@ -37,7 +37,7 @@ the same test split. Results go to <workdir>/eval/results.json (+
 results.md, fd_vs_steps.png; eval_report.py).
 
 One loop serves both kinds of eval, this one and guided configs'
-(guided_evaluation.py): `score` samples each entry once (`Samples`) and
+(guided/evaluation.py): `score` samples each entry once (`Samples`) and
 hands the samples to a list of scorers (eval_scorers.py), small classes
 whose `run(entry, x)` returns the row's scores.
 """
@@ -210,7 +210,7 @@ def eval_sampler(run):
   """(sampler, noise, labels): every eval entry samples from the same
   starting noise and labels, in eval.batch_size batches."""
   config, settings = run.config, run.config.eval
-  sampler = sampling.Sampler(
+  sampler = run.wing.sampler(
       network_lib.build_network(config, dropout=0.0),
       config,
       run.mesh,

@@ -1,7 +1,12 @@
 """What every phase of a run shares: its config, workdir, mesh, data and
 writer (`Run`). pipeline.py's phase functions and evaluation take one.
+
+`Wing` is what a kind of run sets apart from the core's (`CORE`): its
+phase table, the checks of its config and its sampler. The guided wing
+(diffusion_distillation/guided) gives its own; the core never names it.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -11,22 +16,72 @@ from absl import logging
 
 from diffusion_distillation import config_checks
 from diffusion_distillation import data
+from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
+from diffusion_distillation import phases as phases_lib
 from diffusion_distillation import run_config
 from diffusion_distillation import sampling
 from diffusion_distillation import sharding
 from diffusion_distillation import training_loop
 from diffusion_distillation import workdir as workdir_lib
 
+# The config sections the core's phases and modes read.
+CORE_SECTIONS = (
+    'seed',
+    'dataset',
+    'model',
+    'adam',
+    'train',
+    'distill',
+    'checkpoint',
+    'sample',
+    'eval',
+    'log_every_steps',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wing:
+  """What one kind of run trains, checks and samples with.
+
+  Attributes:
+    phases: its phase table (phases.Phase values): the run trains, checks
+      and accepts the recovery fields of exactly these.
+    check_config: (config, num_devices) -> config, raising InputError;
+      it checks every phase of `phases` (config_checks.check_config with
+      the table) and the wing's own sections.
+    sampler: sampling.Sampler or a subclass, built as (network, config,
+      mesh, batch_size=...).
+    sections: the config sections it reads beyond CORE_SECTIONS: a config
+      with a section no wing of the run reads is refused, rather than
+      trained as if the section were not there.
+  """
+
+  phases: tuple
+  check_config: Callable
+  sampler: type
+  sections: tuple = ()
+
+  def phase(self, name: str) -> phases_lib.Phase:
+    """The phase of the table called `name`."""
+    return phases_lib.get(name, self.phases)
+
+
+CORE = Wing(
+    phases=phases_lib.PHASES,
+    check_config=config_checks.check_config,
+    sampler=sampling.Sampler,
+)
+
 
 class Run:
   """What every phase of one run shares: config, workdir, mesh, writer.
 
-  Construction validates the config and checks that the workdir holds no
-  run of another config; it writes nothing. `record_config` writes
-  config.json (and config_changes.json when a recovery field changed) once
-  the mode's inputs are checked and the workdir is locked. `store` loads and
-  saves the workdir's models.
+  Construction validates the config (with the wing's checks) and checks
+  that the workdir holds no run of another config; it writes nothing.
+  `record_config` writes config.json (and config_changes.json when a
+  recovery field changed) once the mode's inputs are checked and the
+  workdir is locked. `store` loads and saves the workdir's models.
   """
 
   def __init__(
@@ -35,11 +90,21 @@ class Run:
       workdir: str,
       mesh=None,
       writer=None,
+      *,
+      wing: Wing = CORE,
   ):
+    self.wing = wing
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
-    self.config = config_checks.check_config(config, self.mesh.size)
+    unknown = sorted(set(config) - set(CORE_SECTIONS + wing.sections))
+    if unknown:
+      raise errors.InputError(
+          f'The config has section {unknown[0]!r}, which this run does not '
+          'train; run it with python -m diffusion_distillation.main, which '
+          "runs each config with its wing's phases."
+      )
+    self.config = wing.check_config(config, self.mesh.size)
     self.workdir = workdir
-    self.config_changes = run_config.check(workdir, config)
+    self.config_changes = run_config.check(workdir, config, wing.phases)
     self.store = workdir_lib.Workdir(workdir, config, self.mesh)
     if writer is not None:
       self.writer = writer
@@ -78,7 +143,7 @@ class Run:
   @functools.cached_property
   def sampler(self) -> sampling.Sampler:
     network = network_lib.build_network(self.config, dropout=0.0)
-    return sampling.Sampler(network, self.config, self.mesh)
+    return self.wing.sampler(network, self.config, self.mesh)
 
   def batch_at(self, section: str, step: int) -> dict:
     """The batch of optimizer steps [step, step + substeps); the loop asks

@@ -2,8 +2,9 @@
 
 config.json records the config that started a run; a rerun resumes only
 with the same config, except for fields that do not change what is trained
-(`_RESUMABLE_CHANGES`) and the recovery fields of every phase
-(phases.RECOVERY_CHANGES), whose changes config_changes.json records.
+(`_RESUMABLE_CHANGES`) and the recovery fields of every phase the run
+trains (phases.recovery_changes), whose changes config_changes.json
+records.
 """
 
 import datetime
@@ -51,11 +52,18 @@ def _matches(key: str, names: tuple) -> bool:
   return any(key == name or key.startswith(name + '.') for name in names)
 
 
-def check(workdir: str, config: ml_collections.ConfigDict) -> dict:
+def check(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    table: tuple = phases.PHASES,
+) -> dict:
   """Refuses a workdir that holds a run of another config.
 
+  `table`: the phases the run trains (a wing's table for its configs).
+
   Returns:
-    {field: (recorded, new)} of the phases.RECOVERY_CHANGES that differ:
+    {field: (recorded, new)} of the phases.recovery_changes(table) that
+    differ:
     they change the training from the step it resumes at, so `record`
     records them.
 
@@ -65,6 +73,7 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> dict:
   path = files.as_path(workdir) / workdir_lib.CONFIG
   if not path.exists():
     return {}
+  recovery_changes = phases.recovery_changes(table)
   old = _flatten(json.loads(path.read_text()))
   new = _flatten(json.loads(config.to_json_best_effort()))
   recovery = {}
@@ -74,7 +83,7 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> dict:
       continue
     if before == '<absent>' and _ADDED_FIELDS.get(key, before) == after:
       continue
-    if key in phases.RECOVERY_CHANGES:
+    if key in recovery_changes:
       recovery[key] = (before, after)
       continue
     raise errors.InputError(

@@ -6,12 +6,13 @@ two DDIM steps of a teacher whose parameters are an argument (never a
 closure), so a new round reuses the compiled step. Each call runs
 `substeps` optimizer steps through `lax.scan` over a [K, B, ...] batch.
 
-With a `guidance` setting (guided configs, see guidance.py) the teacher
-trains with labels dropped to the null label with probability p_uncond;
-`guide_step(state, teacher_params, batch, rng)` trains the w-conditioned
-student against the guided teacher in continuous time (stage one); and
-`distill_step` samples w per example for the w-conditioned teacher and
-student alike (stage two).
+Both take an optional `condition` hook, condition(rng, labels) ->
+(labels, w): what each update conditions its networks on, drawn from a key
+of the update's own. Without one, the networks see the batch's labels and
+no guidance strength; the guided wing (diffusion_distillation/guided)
+passes one that drops labels for its teacher and one that draws w per
+example for its students, and builds its own stage-one step from
+`student_update`, `update_keys` and `scan_updates`.
 
 Data parallelism comes from how `trainer` compiles these functions (jit
 over a one-axis device mesh, see `sharding`): the batch is sharded along B,
@@ -25,7 +26,6 @@ import ml_collections
 import optax
 
 from diffusion_distillation import diffusion
-from diffusion_distillation import guidance as guidance_lib
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
 from diffusion_distillation import train_state as train_state_lib
@@ -77,7 +77,7 @@ def _update(
   }
 
 
-def _student_update(
+def student_update(
     state,
     images,
     labels,
@@ -94,7 +94,9 @@ def _student_update(
 ):
   """One update of `network` on the denoising loss of [B, ...] `images`
   against `teacher_fn` in `num_steps` steps (None and 0: the data, in
-  continuous time), at guidance strengths w (None: unguided)."""
+  continuous time); a network with a w-embedding takes the guidance
+  strengths w [B] (None: a network without one). `rng`: the (loss,
+  dropout) keys."""
   rng_loss, rng_dropout = rng
 
   def loss_fn(params):
@@ -122,26 +124,26 @@ def _student_update(
   return _update(state, loss_fn, **update_settings)
 
 
-def _update_rngs(rng, state, *, guided: bool):
-  """(loss, dropout[, guidance]) keys of this update: the step's key folded
+def update_keys(rng, state, *, conditioned: bool):
+  """(loss, dropout[, condition]) keys of this update: the step's key folded
   with the round and the step."""
   rng = jax.random.fold_in(
       jax.random.fold_in(rng, state.num_sample_steps), state.step
   )
-  return jax.random.split(rng, 3 if guided else 2)
+  return jax.random.split(rng, 3 if conditioned else 2)
 
 
-def _strengths(rng, labels, guidance):
-  """Guidance strengths w ~ U[w_min, w_max], one per example."""
-  return guidance_lib.sample_guidance(
-      rng, labels.shape[0], w_min=guidance.w_min, w_max=guidance.w_max
-  )
+def _conditioned(condition, keys, labels):
+  """(labels, w) of this update: the batch's and None without a hook."""
+  if condition is None:
+    return labels, None
+  return condition(keys[2], labels)
 
 
 SUBSTEP_LOOPS = ('scan', 'unrolled')
 
 
-def _scan_updates(update, state, batch, *, substep_loop: str):
+def scan_updates(update, state, batch, *, substep_loop: str):
   """update(state, images, labels) over batch['images'] [K, B, ...] and
   its labels, metrics averaged (skipped updates summed).
 
@@ -175,32 +177,25 @@ def _scan_updates(update, state, batch, *, substep_loop: str):
   return state, metrics
 
 
-def train_step(state, batch, rng, *, substep_loop, guidance=None, **settings):
-  """K updates of the continuous-time teacher on the data; a guided
-  config's teacher sees each label dropped to the null label with
-  probability p_uncond. Returns (state, metrics). Pure."""
+def train_step(state, batch, rng, *, substep_loop, condition=None, **settings):
+  """K updates of the continuous-time teacher on the data. Returns (state,
+  metrics). Pure."""
 
   def update(state, images, labels):
-    keys = _update_rngs(rng, state, guided=guidance is not None)
-    if guidance is not None:
-      labels = guidance_lib.drop_labels(
-          keys[2],
-          labels,
-          null_label=guidance.null_label,
-          p_uncond=guidance.p_uncond,
-      )
-    return _student_update(
+    keys = update_keys(rng, state, conditioned=condition is not None)
+    labels, w = _conditioned(condition, keys, labels)
+    return student_update(
         state,
         images,
         labels,
         keys[:2],
         teacher_fn=None,
         num_steps=0,
-        w=None,
+        w=w,
         **settings,
     )
 
-  return _scan_updates(update, state, batch, substep_loop=substep_loop)
+  return scan_updates(update, state, batch, substep_loop=substep_loop)
 
 
 def distill_step(
@@ -210,17 +205,16 @@ def distill_step(
     rng,
     *,
     substep_loop,
-    guidance=None,
+    condition=None,
     **settings,
 ):
   """K student updates: in `state.num_sample_steps` (traced) steps the
-  student matches two DDIM steps of `teacher_params`, the same network. A
-  guided config's student and teacher both take w ~ U[w_min, w_max] per
-  example. Returns (state, metrics). Pure."""
+  student matches two DDIM steps of `teacher_params`, the same network,
+  both conditioned alike. Returns (state, metrics). Pure."""
 
   def update(state, images, labels):
-    keys = _update_rngs(rng, state, guided=guidance is not None)
-    w = None if guidance is None else _strengths(keys[2], labels, guidance)
+    keys = update_keys(rng, state, conditioned=condition is not None)
+    labels, w = _conditioned(condition, keys, labels)
     teacher_fn = network_lib.denoise_fn(
         settings['network'],
         jax.lax.stop_gradient(teacher_params),
@@ -229,7 +223,7 @@ def distill_step(
         mean_type=settings['mean_type'],
         clip_x=False,
     )
-    return _student_update(
+    return student_update(
         state,
         images,
         labels,
@@ -240,61 +234,7 @@ def distill_step(
         **settings,
     )
 
-  return _scan_updates(update, state, batch, substep_loop=substep_loop)
-
-
-def guide_step(
-    state,
-    teacher_params,
-    batch,
-    rng,
-    *,
-    substep_loop,
-    guidance,
-    teacher_network,
-    **settings,
-):
-  """K updates of the w-conditioned student against the guided teacher
-  (`teacher_params` of `teacher_network`) at w ~ U[w_min, w_max] per
-  example, in continuous time: stage one of guided distillation. Returns
-  (state, metrics). Pure."""
-
-  def update(state, images, labels):
-    keys = _update_rngs(rng, state, guided=True)
-    w = _strengths(keys[2], labels, guidance)
-    teacher_fn = network_lib.denoise_fn(
-        teacher_network,
-        jax.lax.stop_gradient(teacher_params),
-        labels,
-        w=w,
-        null_label=guidance.null_label,
-        mean_type=settings['mean_type'],
-        clip_x=False,
-    )
-    return _student_update(
-        state,
-        images,
-        labels,
-        keys[:2],
-        teacher_fn=teacher_fn,
-        num_steps=0,
-        w=w,
-        **settings,
-    )
-
-  return _scan_updates(update, state, batch, substep_loop=substep_loop)
-
-
-def guidance_settings(config: ml_collections.ConfigDict):
-  """The guidance.Guidance of a guided config; None for an unguided one."""
-  if 'guidance' not in config:
-    return None
-  return guidance_lib.Guidance(
-      null_label=int(config.dataset.num_classes),
-      p_uncond=float(config.guidance.p_uncond),
-      w_min=float(config.guidance.w_min),
-      w_max=float(config.guidance.w_max),
-  )
+  return scan_updates(update, state, batch, substep_loop=substep_loop)
 
 
 def step_settings(
@@ -305,13 +245,10 @@ def step_settings(
     optimizer: optax.GradientTransformation,
     substep_loop: str,
 ) -> dict:
-  """The static arguments of a step for config[section] ('train' /
-  'distill', or 'guide' with its teacher_network added by the caller)."""
+  """The static arguments every step takes, for config[section]; a phase
+  adds its own (phases.Phase.step_options)."""
   model = config.model
-  guidance = guidance_settings(config)
-  extra = {} if guidance is None else {'guidance': guidance}
   return dict(
-      **extra,
       network=network,
       optimizer=optimizer,
       substep_loop=substep_loop,

@@ -1,12 +1,12 @@
 """One builder for a training phase: network, optimizer, compiled step, state.
 
-Teacher training ('train'), every distillation round ('distill') and, for
-guided configs, stage one of guided distillation ('guide') run the same
-sequence: build the network with the phase's dropout, the optimizer
-with its learning-rate schedule, the step's static settings, the step
-compiled for the mesh, and a fresh (or restored) state placed as the step
-returns it. The pipeline, the benchmarks and the tests all build it here, so
-what they time and test is what a run executes.
+Teacher training ('train'), every distillation round ('distill') and a
+wing's phases (the guided wing's stage one, 'guide') run the same sequence:
+build the network with the phase's dropout, the optimizer with its
+learning-rate schedule, the step's static settings (and the phase's own),
+the step compiled for the mesh, and a fresh (or restored) state placed as
+the step returns it. The pipeline, the benchmarks and the tests all build
+it here, so what they time and test is what a run executes.
 """
 
 import dataclasses
@@ -30,7 +30,7 @@ class Trainer:
   """A phase's network, optimizer and compiled step, for one mesh.
 
   `update(state, batch)` (teacher) or `update(state, batch, teacher_params)`
-  (distillation, and stage one of guided distillation) runs
+  (a phase with a teacher: distillation, guided stage one) runs
   `config[phase].substeps` optimizer steps on a [K, B, ...] batch and
   returns (state, metrics); the state is donated.
   """
@@ -42,8 +42,6 @@ class Trainer:
   optimizer: optax.GradientTransformation
   compiled_step: callable
   rng: jax.Array
-
-  teacher_network: unet.UNet | None = None  # 'guide': the guided teacher's
 
   def update(self, state, batch, teacher_params=None):
     if self.phase.has_teacher:
@@ -105,27 +103,24 @@ def build(
     substep_loop: str | None = None,
     decay_steps: int | None = None,
 ) -> Trainer:
-  """The Trainer of `phase` (a phases.Phase or its name) on `mesh`.
+  """The Trainer of `phase` (a phases.Phase, or the name of one of
+  phases.PHASES) on `mesh`.
 
-  The network uses the phase's dropout and, for a guided config's students
-  (every phase but the teacher's), the w-embedding; the learning rate
-  decays to 0 over the phase's decay field (phases.py), if it has one. A
-  phase with a teacher gets the teacher's network too: a guided teacher's
-  for stage one. `substep_loop` ('scan' | 'unrolled') defaults to
+  The network uses the phase's dropout and w-embedding setting; the
+  learning rate decays to 0 over the phase's decay field (phases.py), if it
+  has one; the step gets the phase's own settings (`step_options`) too.
+  `substep_loop` ('scan' | 'unrolled') defaults to
   default_substep_loop(the mesh's platform); `decay_steps` replaces the
   decay field's value (a distillation round of its own length).
   """
   if isinstance(phase, str):
     phase = phases_lib.get(phase)
-  guided = network_lib.is_guided(config)
-  if phase.guided_only and not guided:
-    raise ValueError(f'Phase {phase.name!r} needs a guided config.')
   if substep_loop is None:
     substep_loop = default_substep_loop(mesh.devices.flat[0].platform)
-  # A guided config's teacher has no w-embedding; its students have one.
-  is_student = guided and phase is not phases_lib.TEACHER
   network = network_lib.build_network(
-      config, dropout=phase.dropout(config), guidance_embedding=is_student
+      config,
+      dropout=phase.dropout(config),
+      guidance_embedding=phase.guidance_embedding,
   )
   optimizer = train_state_lib.make_optimizer(
       config,
@@ -141,12 +136,7 @@ def build(
       optimizer=optimizer,
       substep_loop=substep_loop,
   )
-  teacher_network = None
-  if phase is phases_lib.GUIDE:
-    teacher_network = network_lib.build_network(
-        config, dropout=0.0, guidance_embedding=False
-    )
-    settings['teacher_network'] = teacher_network
+  settings.update(phase.step_settings(config))
   replicated = sharding.replicated(mesh)
   batch = sharding.batch_sharding(mesh)
   in_shardings = (replicated, batch, replicated)
@@ -169,5 +159,4 @@ def build(
       optimizer=optimizer,
       compiled_step=compiled_step,
       rng=rng,
-      teacher_network=teacher_network,
   )

@@ -24,8 +24,8 @@ from tests.conftest import saved_params
 from tests.conftest import tiny_config
 
 
-def run_logging_compiles(config, workdir, mode):
-  """pipeline.run_mode, also returning the 'Compiling ...' lines JAX logged."""
+def run_logging_compiles(config, workdir, mode, run_mode=pipeline.run_mode):
+  """run_mode, also returning the 'Compiling ...' lines JAX logged."""
   records = []
   handler = logging.Handler()
   handler.emit = records.append
@@ -33,7 +33,7 @@ def run_logging_compiles(config, workdir, mode):
   jax_logger.addHandler(handler)
   try:
     with jax.log_compiles(True):
-      timings = pipeline.run_mode(config, workdir, mode)
+      timings = run_mode(config, workdir, mode)
   finally:
     jax_logger.removeHandler(handler)
   compiled = [

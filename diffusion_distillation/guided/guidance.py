@@ -24,28 +24,10 @@ at its own w, the teacher being the previous w-conditioned model.
 Networks enter as closures: `model_fn(z, logsnr, labels) -> raw output`.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from diffusion_distillation import diffusion
-
-
-@dataclasses.dataclass(frozen=True)
-class Guidance:
-  """The static guidance settings of a guided config (hashable: a step's
-  static argument).
-
-  null_label: the label that stands for "no class" (dataset.num_classes).
-  p_uncond: teacher training: probability of the null label per example.
-  w_min, w_max: stage one and two sample w ~ U[w_min, w_max] per example.
-  """
-
-  null_label: int
-  p_uncond: float
-  w_min: float
-  w_max: float
 
 
 def guided_prediction(
