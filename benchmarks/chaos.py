@@ -127,7 +127,9 @@ def _outputs(workdir, config) -> dict:
     )
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
       arrays[f'models/{steps}/{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
-  for path in sorted(glob.glob(os.path.join(workdir, 'samples', '*.npz'))):
+  for path in sorted(
+      glob.glob(os.path.join(workdir_lib.samples_dir(workdir), '*.npz'))
+  ):
     with np.load(path) as f:
       for key in f.files:
         arrays[f'samples/{os.path.basename(path)}/{key}'] = f[key]

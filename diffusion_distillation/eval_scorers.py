@@ -26,6 +26,7 @@ from diffusion_distillation import files
 from diffusion_distillation import inception
 from diffusion_distillation import metrics
 from diffusion_distillation import reference_network
+from diffusion_distillation import workdir as workdir_lib
 
 
 def fidelity(x, reference_x) -> dict:
@@ -150,7 +151,7 @@ def reference_statistics(
       f'reference_{dataset.name.replace("/", "_")}_{dataset.image_size}px_'
       f'{settings.reference_num_images}_{network.fingerprint}.npz'
   )
-  path = os.path.join(run.workdir, 'eval', name)
+  path = os.path.join(workdir_lib.eval_dir(run.workdir), name)
   if files.as_path(path).exists():
     logging.info('Reading the reference statistics from %s', path)
     return fid_lib.load_reference(path, network, batch_size=settings.batch_size)

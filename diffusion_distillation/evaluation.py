@@ -43,7 +43,6 @@ whose `run(entry, x)` returns the row's scores.
 """
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -195,10 +194,7 @@ def check_can_evaluate(config, workdir) -> list:
       )
   models = workdir_lib.saved_models(workdir)
   if not models:
-    raise errors.InputError(
-        f'No models in {workdir}/models to evaluate: run --mode=train (and '
-        'distill) first.'
-    )
+    raise workdir_lib.no_models(workdir)
   return models
 
 
@@ -349,7 +345,7 @@ def run_eval(
       'seconds': time.time() - start,
   }
   if jax.process_index() == 0:
-    report.write(results, os.path.join(run.workdir, 'eval'))
+    report.write(results, workdir_lib.eval_dir(run.workdir))
   return results
 
 

@@ -105,6 +105,10 @@ def samples_dir(workdir: str) -> str:
   return os.path.join(workdir, SAMPLES)
 
 
+def eval_dir(workdir: str) -> str:
+  return os.path.join(workdir, EVAL)
+
+
 def save_model(
     workdir: str,
     num_sample_steps: int,

@@ -68,10 +68,7 @@ def check_can_evaluate(config, workdir):
         'configs/digits_guided.py).'
     )
   if not workdir_lib.saved_models(workdir):
-    raise errors.InputError(
-        f'No models in {workdir}/models to evaluate: run --mode=train (then '
-        'guide and distill) first.'
-    )
+    raise workdir_lib.no_models(workdir, guided=True)
 
 
 def _softmax(logits):
