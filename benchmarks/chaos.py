@@ -32,7 +32,7 @@ from benchmarks import command
 from benchmarks import timing
 from configs import test as test_config
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import workdir as workdir_lib
 
 
 def _define_flags():

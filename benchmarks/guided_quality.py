@@ -32,13 +32,13 @@ from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
-from diffusion_distillation import eval_report
-from diffusion_distillation import evaluation
-from diffusion_distillation import files
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import report as eval_report
 from diffusion_distillation.guided import evaluation as guided_evaluation
 from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import files
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -20,13 +20,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from diffusion_distillation import cli
-from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation import preemption
-from diffusion_distillation import workdir_lock
 from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import preemption
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/.', lock_config=True

@@ -19,18 +19,18 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import data
-from diffusion_distillation import errors
-from diffusion_distillation import evaluation
-from diffusion_distillation import files
-from diffusion_distillation import phases
-from diffusion_distillation import run as run_lib
-from diffusion_distillation import trainer as trainer_lib
-from diffusion_distillation import training_loop
-from diffusion_distillation import workdir as workdir_lib
-from diffusion_distillation import workdir_lock
-from diffusion_distillation.run import Run
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import run as run_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.runs.run import Run
+from diffusion_distillation.training import phases
+from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.training import training_loop
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 
 def round_step_counts(config: ml_collections.ConfigDict) -> list:
@@ -270,7 +270,7 @@ def sample(run: Run, num_samples: int | None = None) -> dict:
 
 def needs_training_data(run: Run):
   if run.config.dataset.name not in data.IN_MEMORY_DATASETS:
-    from diffusion_distillation import input_pipeline
+    from diffusion_distillation.data import input_pipeline
 
     input_pipeline.check_prepared(run.config.dataset)
 

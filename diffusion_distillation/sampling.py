@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from diffusion_distillation import data
 from diffusion_distillation import diffusion
-from diffusion_distillation import files
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
-from diffusion_distillation import sharding
 from diffusion_distillation import unet
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.training import sharding
+from diffusion_distillation.utils import files
 
 METHODS = ('ddim', 'ancestral', 'stochastic')
 GRID_SIZE = 100  # samples shown in a .png grid

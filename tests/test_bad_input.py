@@ -11,12 +11,12 @@ import pytest
 
 from configs import cifar10
 from configs import test_guided
-from diffusion_distillation import cli
-from diffusion_distillation import errors
-from diffusion_distillation import input_pipeline
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir_lock
+from diffusion_distillation.data import input_pipeline
 from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import errors
 from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import tiny_config

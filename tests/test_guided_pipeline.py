@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from configs import test_guided
-from diffusion_distillation import errors
-from diffusion_distillation import health
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import run_config
-from diffusion_distillation import workdir as workdir_lib
 from diffusion_distillation.guided import phases as guided_phases
 from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import run_config
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import health
+from diffusion_distillation.utils import errors
 from tests.conftest import REPO
 from tests.conftest import assert_trees_close
 from tests.conftest import kill_main_when_saved
@@ -273,7 +273,9 @@ def test_every_phase_check_covers_stage_one(tmp_path, overrides, message):
 def test_guided_eval_of_a_tfds_config_points_to_the_fid_command(tmp_path):
   from configs import imagenet64_guided
 
-  with pytest.raises(errors.InputError, match='diffusion_distillation.fid'):
+  with pytest.raises(
+      errors.InputError, match='diffusion_distillation.evaluation.fid'
+  ):
     guided_pipeline.run_mode(
         imagenet64_guided.get_config(), str(tmp_path / 'w'), 'eval'
     )

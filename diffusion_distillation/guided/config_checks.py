@@ -4,9 +4,9 @@ own, with one-line errors that say what to change."""
 
 import ml_collections
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import errors
 from diffusion_distillation.guided import phases
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.utils import errors
 
 
 def check_guidance(config: ml_collections.ConfigDict):

@@ -32,11 +32,11 @@ import time
 
 import numpy as np
 
-from diffusion_distillation import errors
-from diffusion_distillation import eval_report
-from diffusion_distillation import eval_scorers
-from diffusion_distillation import evaluation
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import report as eval_report
+from diffusion_distillation.evaluation import scorers as eval_scorers
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import errors
 
 
 def plan(config, workdir) -> list:
@@ -60,7 +60,7 @@ def check_can_evaluate(config, workdir):
         'Guided --mode=eval scores the bundled digits only, not '
         f'{config.dataset.name!r}: write samples at a guidance strength '
         '(--mode=sample --config.sample.guidance=W) and score them with '
-        'python -m diffusion_distillation.fid (docs/reproducing.md).'
+        'python -m diffusion_distillation.evaluation.fid (docs/reproducing.md).'
     )
   if 'eval' not in config:
     raise errors.InputError(

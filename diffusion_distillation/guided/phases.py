@@ -18,9 +18,9 @@ import dataclasses
 import ml_collections
 
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import phases
-from diffusion_distillation import workdir
 from diffusion_distillation.guided import steps
+from diffusion_distillation.runs import workdir
+from diffusion_distillation.training import phases
 
 # Stage one's random stream (and its w-embedding's initialisation).
 STAGE_ONE_STREAM = phases.FIRST_WING_STREAM

@@ -15,18 +15,18 @@ import time
 import ml_collections
 from absl import logging
 
-from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import phases as phases_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation import run as run_lib
-from diffusion_distillation import trainer as trainer_lib
-from diffusion_distillation import training_loop
-from diffusion_distillation import workdir as workdir_lib
 from diffusion_distillation.guided import config_checks
 from diffusion_distillation.guided import evaluation
 from diffusion_distillation.guided import phases
 from diffusion_distillation.guided import sampling
+from diffusion_distillation.runs import run as run_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import phases as phases_lib
+from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.training import training_loop
+from diffusion_distillation.utils import errors
 
 
 def guide(run):

@@ -15,10 +15,10 @@ import dataclasses
 import jax
 import ml_collections
 
-from diffusion_distillation import steps
 from diffusion_distillation import unet
 from diffusion_distillation.guided import denoise
 from diffusion_distillation.guided import guidance
+from diffusion_distillation.training import steps
 
 
 def null_label_of(config: ml_collections.ConfigDict) -> int:

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffusion_distillation import errors
-from diffusion_distillation import inception_net
-from diffusion_distillation import inception_weights
-from diffusion_distillation import sharding
+from diffusion_distillation.evaluation import inception_net
+from diffusion_distillation.evaluation import inception_weights
+from diffusion_distillation.training import sharding
+from diffusion_distillation.utils import errors
 
 
 class FeatureNetwork:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffusion_distillation import errors
+from diffusion_distillation.utils import errors
 
 # Updates over which the share of skipped ones is judged, and the fewest
 # that are judged before a phase ends.

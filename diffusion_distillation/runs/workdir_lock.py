@@ -36,8 +36,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from diffusion_distillation import errors
-from diffusion_distillation import files
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 # Preemptible VMs get ~30 s notice and a replacement starts within minutes:
 # a lease of minutes frees the workdir soon after, while a renewal a minute

@@ -3,7 +3,7 @@
 One code path for `--mode=eval` on the tfds datasets and for this command,
 which scores any samples in the ADM layout against an ADM-layout reference:
 
-  python -m diffusion_distillation.fid --samples=samples_4.npz \
+  python -m diffusion_distillation.evaluation.fid --samples=samples_4.npz \
       --reference=VIRTUAL_imagenet64_labeled.npz \
       --inception_weights=inception_fid.npz [--batch_size=500] [--out=x.json]
 
@@ -30,11 +30,11 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from diffusion_distillation import errors
-from diffusion_distillation import files
-from diffusion_distillation import inception
-from diffusion_distillation import metrics
-from diffusion_distillation import precision_recall
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import metrics
+from diffusion_distillation.evaluation import precision_recall
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 IS_SPLIT_SIZE = 5_000  # the ADM evaluator's Inception Score part size
 PR_NEIGHBOURS = 3  # k of precision and recall
@@ -204,7 +204,7 @@ def score_files(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from diffusion_distillation import cli
+  from diffusion_distillation.utils import cli
 
   cli.quiet_start()
   values = flags.FLAGS

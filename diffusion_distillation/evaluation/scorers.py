@@ -20,13 +20,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffusion_distillation import data
-from diffusion_distillation import fid as fid_lib
-from diffusion_distillation import files
-from diffusion_distillation import inception
-from diffusion_distillation import metrics
-from diffusion_distillation import reference_network
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.evaluation import fid as fid_lib
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import metrics
+from diffusion_distillation.evaluation import reference_network
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import files
 
 
 def fidelity(x, reference_x) -> dict:
@@ -156,7 +156,7 @@ def reference_statistics(
     logging.info('Reading the reference statistics from %s', path)
     return fid_lib.load_reference(path, network, batch_size=settings.batch_size)
   # TensorFlow is imported only for the datasets that stream with it.
-  from diffusion_distillation import input_pipeline
+  from diffusion_distillation.data import input_pipeline
 
   logging.info(
       'Computing the reference statistics of %d %s train images (once; '

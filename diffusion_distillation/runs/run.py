@@ -14,16 +14,16 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import data
-from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import phases as phases_lib
-from diffusion_distillation import run_config
 from diffusion_distillation import sampling
-from diffusion_distillation import sharding
-from diffusion_distillation import training_loop
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import run_config
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import phases as phases_lib
+from diffusion_distillation.training import sharding
+from diffusion_distillation.training import training_loop
+from diffusion_distillation.utils import errors
 
 # The config sections the core's phases and modes read.
 CORE_SECTIONS = (
@@ -136,7 +136,7 @@ class Run:
     if self.config.dataset.name in data.IN_MEMORY_DATASETS:
       return data.load(self.config.dataset.name, 'train')
     # TensorFlow is imported only for the datasets that stream with it.
-    from diffusion_distillation import input_pipeline
+    from diffusion_distillation.data import input_pipeline
 
     return input_pipeline.TfdsStream(self.config.dataset)
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_distillation import data
-from diffusion_distillation import metrics
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.evaluation import metrics
 
 
 @dataclasses.dataclass(frozen=True)

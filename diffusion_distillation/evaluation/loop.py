@@ -51,15 +51,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffusion_distillation import data
-from diffusion_distillation import errors
-from diffusion_distillation import eval_report
-from diffusion_distillation import eval_scorers
-from diffusion_distillation import files
-from diffusion_distillation import inception
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import report as eval_report
+from diffusion_distillation.evaluation import scorers as eval_scorers
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 # What the steps eval writes; benchmarks redraw the table and plot from it.
 write_results = eval_report.BY_STEPS.write

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from matplotlib import figure
 
-from diffusion_distillation import files
+from diffusion_distillation.utils import files
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,8 +37,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_distillation import data
-from diffusion_distillation import errors
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.utils import errors
 
 
 def central_square_crop(image: tf.Tensor) -> tf.Tensor:

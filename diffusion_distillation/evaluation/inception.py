@@ -14,29 +14,29 @@ The parts, one module each:
 
 This module names them all in one place:
 
-  python -m diffusion_distillation.inception \
+  python -m diffusion_distillation.evaluation.inception \
       --graph_def=classify_image_graph_def.pb --out=inception_fid.npz
 """
 
 from absl import app
 from absl import flags
 
-from diffusion_distillation import errors
-from diffusion_distillation import files
-from diffusion_distillation.inception_features import FeatureNetwork
-from diffusion_distillation.inception_graph import convert_graph_def
-from diffusion_distillation.inception_graph import graph_scopes
-from diffusion_distillation.inception_net import INPUT_SIZE
-from diffusion_distillation.inception_net import NUM_LOGITS
-from diffusion_distillation.inception_net import POOL_DIM
-from diffusion_distillation.inception_net import InceptionV3
-from diffusion_distillation.inception_net import abstract_params
-from diffusion_distillation.inception_net import random_params
-from diffusion_distillation.inception_net import tf1_resize_bilinear
-from diffusion_distillation.inception_weights import WEIGHTS_HELP
-from diffusion_distillation.inception_weights import fingerprint
-from diffusion_distillation.inception_weights import load_params
-from diffusion_distillation.inception_weights import save_params
+from diffusion_distillation.evaluation.inception_features import FeatureNetwork
+from diffusion_distillation.evaluation.inception_graph import convert_graph_def
+from diffusion_distillation.evaluation.inception_graph import graph_scopes
+from diffusion_distillation.evaluation.inception_net import INPUT_SIZE
+from diffusion_distillation.evaluation.inception_net import NUM_LOGITS
+from diffusion_distillation.evaluation.inception_net import POOL_DIM
+from diffusion_distillation.evaluation.inception_net import InceptionV3
+from diffusion_distillation.evaluation.inception_net import abstract_params
+from diffusion_distillation.evaluation.inception_net import random_params
+from diffusion_distillation.evaluation.inception_net import tf1_resize_bilinear
+from diffusion_distillation.evaluation.inception_weights import WEIGHTS_HELP
+from diffusion_distillation.evaluation.inception_weights import fingerprint
+from diffusion_distillation.evaluation.inception_weights import load_params
+from diffusion_distillation.evaluation.inception_weights import save_params
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 __all__ = [
     'INPUT_SIZE',
@@ -58,7 +58,7 @@ __all__ = [
 
 def main(argv):
   del argv
-  from diffusion_distillation import cli
+  from diffusion_distillation.utils import cli
 
   cli.quiet_start()
   graph_def, out = flags.FLAGS.graph_def, flags.FLAGS.out

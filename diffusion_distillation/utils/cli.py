@@ -27,9 +27,9 @@ import jax
 import ml_collections
 from absl import flags
 
-from diffusion_distillation import errors
-from diffusion_distillation import preemption
-from diffusion_distillation import quiet
+from diffusion_distillation.runs import preemption
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import quiet
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3

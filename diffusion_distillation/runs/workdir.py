@@ -31,11 +31,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from diffusion_distillation import checkpoints
-from diffusion_distillation import errors
-from diffusion_distillation import files
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import sharding as sharding_lib
+from diffusion_distillation.runs import checkpoints
+from diffusion_distillation.training import sharding as sharding_lib
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 TEACHER_CHECKPOINTS = 'teacher'
 GUIDE_CHECKPOINTS = 'guide'

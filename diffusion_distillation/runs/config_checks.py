@@ -10,14 +10,14 @@ import math
 import jax
 import ml_collections
 
-from diffusion_distillation import data
 from diffusion_distillation import diffusion
-from diffusion_distillation import errors
-from diffusion_distillation import phases
 from diffusion_distillation import sampling
 from diffusion_distillation import schedules
-from diffusion_distillation import train_state
 from diffusion_distillation import unet
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.training import phases
+from diffusion_distillation.training import train_state
+from diffusion_distillation.utils import errors
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')  # model.dtype
 

@@ -21,13 +21,13 @@ import zipfile
 
 import numpy as np
 
-from diffusion_distillation import errors
-from diffusion_distillation import files
-from diffusion_distillation import inception_net
+from diffusion_distillation.evaluation import inception_net
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 WEIGHTS_HELP = (
     "convert the ADM evaluator's classify_image_graph_def.pb with "
-    '`python -m diffusion_distillation.inception --graph_def=PB '
+    '`python -m diffusion_distillation.evaluation.inception --graph_def=PB '
     "--out=inception_fid.npz`, or use fidjax's "
     'inception_v3_weights_fid.pickle (docs/reproducing.md)'
 )

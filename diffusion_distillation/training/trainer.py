@@ -18,11 +18,11 @@ import ml_collections
 import optax
 
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import phases as phases_lib
-from diffusion_distillation import sharding
-from diffusion_distillation import steps
-from diffusion_distillation import train_state as train_state_lib
 from diffusion_distillation import unet
+from diffusion_distillation.training import phases as phases_lib
+from diffusion_distillation.training import sharding
+from diffusion_distillation.training import steps
+from diffusion_distillation.training import train_state as train_state_lib
 
 
 @dataclasses.dataclass(frozen=True)

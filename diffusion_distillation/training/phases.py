@@ -18,8 +18,8 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from diffusion_distillation import steps
-from diffusion_distillation import workdir
+from diffusion_distillation.runs import workdir
+from diffusion_distillation.training import steps
 
 
 class RngStream(enum.IntEnum):

@@ -12,9 +12,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from diffusion_distillation import files
-from diffusion_distillation import preemption
-from diffusion_distillation import quiet
+from diffusion_distillation.runs import preemption
+from diffusion_distillation.utils import files
+from diffusion_distillation.utils import quiet
 
 
 def manager(directory: str, *, max_to_keep: int | None):

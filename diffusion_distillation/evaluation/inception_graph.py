@@ -5,9 +5,9 @@ and only when a graph is converted."""
 
 import numpy as np
 
-from diffusion_distillation import errors
-from diffusion_distillation import inception_net
-from diffusion_distillation import inception_weights
+from diffusion_distillation.evaluation import inception_net
+from diffusion_distillation.evaluation import inception_weights
+from diffusion_distillation.utils import errors
 
 # The graph's scopes (TF 2015-12-05) of each convolution in the library's
 # layout: mixed..mixed_10 are Mixed_5b..Mixed_7c.

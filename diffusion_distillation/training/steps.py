@@ -28,8 +28,8 @@ import optax
 from diffusion_distillation import diffusion
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
-from diffusion_distillation import train_state as train_state_lib
 from diffusion_distillation import unet
+from diffusion_distillation.training import train_state as train_state_lib
 
 
 def _update(

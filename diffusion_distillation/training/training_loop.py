@@ -22,10 +22,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation import checkpoints
-from diffusion_distillation import health
-from diffusion_distillation import phases
-from diffusion_distillation import preemption
+from diffusion_distillation.runs import checkpoints
+from diffusion_distillation.runs import preemption
+from diffusion_distillation.training import health
+from diffusion_distillation.training import phases
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation import errors
-from diffusion_distillation import files
-from diffusion_distillation import phases
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import phases
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 # Config parts that may change between a run and its resumption: they do
 # not change what is trained, or say where things are.
