@@ -32,7 +32,7 @@ from benchmarks import command
 from benchmarks import timing
 from configs import test as test_config
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import workdir as workdir_lib
 
 
 def _define_flags():
@@ -127,7 +127,9 @@ def _outputs(workdir, config) -> dict:
     )
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
       arrays[f'models/{steps}/{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
-  for path in sorted(glob.glob(os.path.join(workdir, 'samples', '*.npz'))):
+  for path in sorted(
+      glob.glob(os.path.join(workdir_lib.samples_dir(workdir), '*.npz'))
+  ):
     with np.load(path) as f:
       for key in f.files:
         arrays[f'samples/{os.path.basename(path)}/{key}'] = f[key]

@@ -36,7 +36,7 @@ def _define_flags():
 def main(args):
   # Fake CPU devices must be requested before JAX starts its backend, with
   # the collectives the command uses.
-  from diffusion_distillation import cli
+  from diffusion_distillation.utils import cli
 
   os.environ['XLA_FLAGS'] = cli.with_patient_collectives(
       os.environ.get('XLA_FLAGS', '')
@@ -46,9 +46,9 @@ def main(args):
 
   from benchmarks import timing
   from configs import digits
-  from diffusion_distillation import data
-  from diffusion_distillation import sharding
-  from diffusion_distillation import trainer as trainer_lib
+  from diffusion_distillation.data import datasets as data
+  from diffusion_distillation.training import sharding
+  from diffusion_distillation.training import trainer as trainer_lib
 
   config = digits.get_config()
   dataset = data.load('digits')

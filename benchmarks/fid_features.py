@@ -30,8 +30,8 @@ from scipy import linalg
 
 from benchmarks import command
 from benchmarks import timing
-from diffusion_distillation import inception
-from diffusion_distillation import metrics
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import metrics
 
 
 def _define_flags():

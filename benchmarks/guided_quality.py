@@ -3,7 +3,7 @@ strength and steps, and what one student saves.
 
 Trains the guided teacher, stage one and the rounds 32 -> 1 of
 configs/digits_guided.py (or reuses them in --workdir), runs the guided
---mode=eval (diffusion_distillation/guided_evaluation.py: at w = 0, 0.5, 1,
+--mode=eval (diffusion_distillation/guided/evaluation.py: at w = 0, 0.5, 1,
 2, 4 the guided teacher with DDIM at 64 steps and undistilled at 8, 4, 2, 1,
 the stage-one model, and each student at its steps with DDIM and the
 stochastic sampler), measures sampling time, and writes the figures, a plot
@@ -32,13 +32,13 @@ from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
-from diffusion_distillation import eval_report
-from diffusion_distillation import evaluation
-from diffusion_distillation import files
-from diffusion_distillation import guided
-from diffusion_distillation import guided_evaluation
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import report as eval_report
+from diffusion_distillation.guided import evaluation as guided_evaluation
+from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import files
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -223,14 +223,14 @@ def main(args):
   )
   out = args.out or (workdir if args.smoke else os.path.join(_HERE, 'results'))
 
-  run = pipeline.Run(config, workdir)
+  run = pipeline.Run(config, workdir, wing=guided_pipeline.WING)
   run.record_config()
   results, wall = timing.run_phases(
       run,
       (
           ('teacher', pipeline.train_teacher),
-          ('guide', guided.guide),
-          ('distill', pipeline.distill),
+          ('guide', guided_pipeline.guide),
+          ('distill', guided_pipeline.distill),
           ('eval', guided_evaluation.evaluate),
       ),
   )

@@ -48,7 +48,7 @@ from absl import flags
 
 from benchmarks import parameterization_report as report_lib
 from benchmarks import timing
-from diffusion_distillation import files
+from diffusion_distillation.utils import files
 
 OUTPUTS = ('both', 'x', 'eps', 'v')  # the paper's row order
 WEIGHTINGS = ('snr', 'snr_trunc', 'v_mse')

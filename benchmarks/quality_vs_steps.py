@@ -2,9 +2,10 @@
 figure, measured here.
 
 Trains a teacher on the digits (or reuses the one in --workdir), distills it
-down to 1 step, then runs --mode=eval (diffusion_distillation/evaluation.py)
-and writes every figure, the plot of FD against steps (distilled, undistilled
-DDIM, ancestral) and a Markdown table, with each phase's duration and the
+down to 1 step, then runs --mode=eval
+(diffusion_distillation/evaluation/loop.py) and writes every figure, the
+plot of FD against steps (distilled, undistilled DDIM, ancestral) and a
+Markdown table, with each phase's duration and the
 quality targets below checked against the measurements.
 
   python -m benchmarks.quality_vs_steps            # configs/digits.py
@@ -29,11 +30,11 @@ from benchmarks import speedup
 from benchmarks import timing
 from configs import digits
 from configs import test as test_config
-from diffusion_distillation import config_checks
-from diffusion_distillation import evaluation
-from diffusion_distillation import files
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import files
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -70,7 +70,7 @@ def get_config():
       teacher_num_steps=1024,  # the release's eval_sampling_num_steps
   )
   # --mode=eval: FID, Inception Score, precision and recall of every model
-  # (diffusion_distillation/evaluation.py, docs/reproducing.md).
+  # (diffusion_distillation/evaluation/loop.py, docs/reproducing.md).
   config.eval = dict(
       num_samples=50_000,  # per entry, the paper's
       batch_size=512,  # sampling and Inception; a multiple of the devices

@@ -76,7 +76,7 @@ def get_config():
       batch_size=500,
       teacher_num_steps=64,
   )
-  config.eval = dict(  # --mode=eval; see diffusion_distillation/evaluation.py
+  config.eval = dict(  # --mode=eval; see diffusion_distillation/evaluation/
       num_samples=1000,  # per entry; the FD floor uses as many real images
       batch_size=500,
       seed=2,  # one starting noise shared by every model and sampler

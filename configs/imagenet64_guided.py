@@ -15,7 +15,7 @@ the guided teacher for w in [0, 4]; stage two distills it 1024 -> 512 ->
       --config.sample.num_samples=50000 --config.sample.guidance=0.3
 
 (--mode=all is train, guide, distill, sample; each runs alone too.) FID
-of the samples at that w: python -m diffusion_distillation.fid (see
+of the samples at that w: python -m diffusion_distillation.evaluation.fid (see
 docs/reproducing.md).
 
 Hardware: TPU v4, 64 chips as for configs/imagenet64.py (--distributed on
@@ -45,6 +45,6 @@ def get_config():
   )
   config.sample.guidance = 0.3  # a moderate strength for the FID samples
   # Guided --mode=eval scores digits only; FID at a w: --mode=sample with
-  # sample.guidance=w, then python -m diffusion_distillation.fid.
+  # sample.guidance=w, then python -m diffusion_distillation.evaluation.fid.
   del config['eval']
   return config

@@ -4,6 +4,9 @@
       --workdir=workdirs/digits --mode=all
 
 Re-running the same command with the same workdir resumes where it stopped.
+A guided config (one with a guidance section) runs with the guided wing's
+modes and phases (diffusion_distillation/guided), every other config with
+the core pipeline's.
 On several hosts, run the same command on every host with --distributed (and
 a workdir that all hosts share, e.g. gs://); see launch/.
 """
@@ -17,11 +20,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from diffusion_distillation import cli
-from diffusion_distillation import errors
+from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation import preemption
-from diffusion_distillation import workdir_lock
+from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import preemption
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/.', lock_config=True
@@ -34,7 +39,8 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_string(
     'mode',
     'all',
-    f'One of {", ".join(pipeline.MODES)}; with a guided config also guide '
+    f'One of {", ".join(pipeline.MODES)}; with a guided config also '
+    f'{", ".join(guided_pipeline.MODES.keys() - pipeline.MODES.keys())} '
     '(stage one, between train and distill).',
 )
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -87,6 +93,16 @@ def _initialize_distributed():
   jax.distributed.initialize(*explicit)
 
 
+def run_mode(config, workdir: str, mode: str) -> dict:
+  """Runs `mode` with the config's wing: a guided config, or a mode only
+  the guided wing has (which refuses an unguided config), with the guided
+  wing's; any other with the core pipeline's."""
+  guided_only = guided_pipeline.MODES.keys() - pipeline.MODES.keys()
+  if network_lib.is_guided(config) or mode in guided_only:
+    return guided_pipeline.run_mode(config, workdir, mode)
+  return pipeline.run_mode(config, workdir, mode)
+
+
 def main(argv):
   # The processes of a --distributed run would have to agree on the step to
   # stop at; until they do, a signal ends them as it did (see preemption.py).
@@ -107,7 +123,7 @@ def main(argv):
       # Every process runs the same loop; process 0 speaks for all of them.
       logging.set_verbosity(logging.WARNING)
     config = cli.loaded_config(_CONFIG, sys.argv)
-    pipeline.run_mode(config, _WORKDIR.value, _MODE.value)
+    run_mode(config, _WORKDIR.value, _MODE.value)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@
 `config.dataset` onto `unet.UNet`; teachers train with `model.dropout`,
 students and samplers pass their own rate (usually 0). `denoise_fn` turns a
 network, its parameters and labels (and w) into the denoise_fn(z, logsnr)
-that the steps train and the sampler samples.
+that the steps train and the sampler samples; the guided wing wraps it for
+its classifier-free teacher (diffusion_distillation/guided/denoise.py).
 
 A guided config (one with a `guidance` section, see docs/guided.md) adds a
 null class (index `dataset.num_classes`) to the class embedding and, for
@@ -17,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffusion_distillation import diffusion
-from diffusion_distillation import guidance as guidance_lib
 from diffusion_distillation import unet
 
 
@@ -121,29 +121,15 @@ def denoise_fn(
     mean_type: str,
     clip_x: bool,
     w=None,
-    null_label: int | None = None,
     train: bool = False,
     dropout_rng=None,
 ):
   """denoise_fn(z, logsnr) of `network` at `params` for `labels` [B].
 
-  Without w: the network as it is. With guidance strengths w ([B] or a
-  scalar): parameters with a w-embedding (a guided config's students) take
-  w as an input, one network evaluation; parameters without one (the guided
-  teacher) are guided classifier-free at w against `null_label`, two.
+  w: guidance strengths ([B] or a scalar), an input of a network with a
+    w-embedding (a guided config's students); None for one without.
   `train` applies dropout with `dropout_rng`.
   """
-  if w is not None and not has_guidance_embedding(params):
-    return guidance_lib.make_guided_denoise_fn(
-        lambda z, logsnr, y: network.apply(
-            {'params': params}, z, logsnr, y, train=False
-        ),
-        labels=labels,
-        null_label=null_label,
-        w=w,
-        mean_type=mean_type,
-        clip_x=clip_x,
-    )
   rngs = {'dropout': dropout_rng} if train else {}
   kwargs = {} if w is None else {'w': w}
   return diffusion.make_denoise_fn(

@@ -4,31 +4,33 @@ Each entry point takes (config, workdir), resumes from whatever the workdir
 holds, and can be called from a notebook as well as from `main.py`. A mode
 (`--mode`) is a sequence of phase functions and the checks of what they
 start from (`MODES`); every phase function takes the `Run` and trains
-through training_loop.train.
+through training_loop.train, with the phases of the run's wing
+(`run.wing`). `run_mode` runs a table of modes with a wing: by default the
+core's; the guided wing (diffusion_distillation/guided/pipeline.py) passes
+its own, built on these functions.
 """
 
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import data
-from diffusion_distillation import errors
-from diffusion_distillation import evaluation
-from diffusion_distillation import files
-from diffusion_distillation import guided
-from diffusion_distillation import guided_evaluation
-from diffusion_distillation import network as network_lib
-from diffusion_distillation import phases
-from diffusion_distillation import trainer as trainer_lib
-from diffusion_distillation import training_loop
-from diffusion_distillation import workdir as workdir_lib
-from diffusion_distillation import workdir_lock
-from diffusion_distillation.run import Run
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import run as run_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.runs.run import Run
+from diffusion_distillation.training import phases
+from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.training import training_loop
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import files
 
 
 def round_step_counts(config: ml_collections.ConfigDict) -> list:
@@ -71,13 +73,14 @@ def train_teacher(run: Run):
     logging.info('Teacher already trained in %s', run.workdir)
     _write_missing_grid(run, 0, config.sample.teacher_num_steps, grid_name)
     return
-  trainer = trainer_lib.build(config, phases.TEACHER, run.mesh)
+  phase = run.wing.phase(phases.TEACHER.name)
+  trainer = trainer_lib.build(config, phase, run.mesh)
   start = time.time()
   state, _ = run.train(
       training_loop.whole_phase(
-          phases.TEACHER,
+          phase,
           config,
-          run.store.checkpoints_dir(phases.TEACHER.checkpoints),
+          run.store.checkpoints_dir(phase.checkpoints),
           fresh_note='the teacher would start from its initialisation',
       ),
       trainer,
@@ -112,15 +115,13 @@ def _write_missing_grid(run: Run, model_steps: int, num_steps: int, name):
     )
 
 
-def _first_teacher(run: Run):
-  """The first round's teacher: distill.teacher_checkpoint, else models/0
-  (for a guided config: the stage-one model)."""
+def _first_teacher(run: Run, own_teacher: Callable):
+  """The first round's teacher: distill.teacher_checkpoint, else
+  `own_teacher()`."""
   config = run.config
   path = config.distill.teacher_checkpoint
   if not path:
-    if network_lib.is_guided(config):
-      return run.store.load_stage_one()
-    return run.store.load_teacher()
+    return own_teacher()
   params, meta = run.store.load_from(path, source='teacher checkpoint')
   teacher_steps = meta.get('num_sample_steps', 0)
   if teacher_steps and teacher_steps != config.distill.start_num_steps:
@@ -132,9 +133,15 @@ def _first_teacher(run: Run):
   return params
 
 
-def distill(run: Run):
+def distill(run: Run, *, own_teacher: Callable | None = None):
   """Progressive distillation, round by round; saves each student as
-  models/<N> and resumes mid-round from its checkpoints."""
+  models/<N> and resumes mid-round from its checkpoints.
+
+  own_teacher: () -> the first round's teacher when
+    distill.teacher_checkpoint is empty; default models/0 (the guided wing
+    passes its stage-one model).
+  """
+  own_teacher = own_teacher or run.store.load_teacher
   student_step_counts = round_step_counts(run.config)
   done = run.store.models()
   if all(n in done for n in student_step_counts):
@@ -148,10 +155,13 @@ def distill(run: Run):
     updates = round_updates(run.config)[round_index]
     if updates not in trainers:
       trainers[updates] = trainer_lib.build(
-          run.config, phases.DISTILL, run.mesh, decay_steps=updates
+          run.config,
+          run.wing.phase(phases.DISTILL.name),
+          run.mesh,
+          decay_steps=updates,
       )
     if round_index == 0:
-      teacher = _first_teacher(run)
+      teacher = _first_teacher(run, own_teacher)
     else:
       teacher = run.store.load(
           student_step_counts[round_index - 1], source='previous round'
@@ -172,12 +182,13 @@ def _distill_round(run: Run, trainer, teacher, round_index: int):
     teacher_name = os.path.join(
         workdir_lib.models_dir(run.workdir), str(2 * student_steps)
     )
+  phase = trainer.phase
   leg = training_loop.Leg(
-      phase=phases.DISTILL,
+      phase=phase,
       name=f'the {student_steps}-step round',
-      directory=run.store.checkpoints_dir(phases.DISTILL.checkpoints),
+      directory=run.store.checkpoints_dir(phase.checkpoints),
       num_updates=updates,
-      meta={'phase': phases.DISTILL.name, 'num_sample_steps': student_steps},
+      meta={'phase': phase.name, 'num_sample_steps': student_steps},
       fresh_note=f'the round would start again from {teacher_name}',
       step_offset=offset,
       total_updates=sum(all_updates),
@@ -257,41 +268,39 @@ def sample(run: Run, num_samples: int | None = None) -> dict:
 # Modes: what each runs, and the checks of what it starts from.
 
 
-def _needs_training_data(run: Run):
+def needs_training_data(run: Run):
   if run.config.dataset.name not in data.IN_MEMORY_DATASETS:
-    from diffusion_distillation import input_pipeline
+    from diffusion_distillation.data import input_pipeline
 
     input_pipeline.check_prepared(run.config.dataset)
 
 
-def _needs_guided_teacher(run: Run):
-  if 0 not in run.store.models() and not run.store.has_stage_one():
-    raise workdir_lib.missing_guided_teacher(run.workdir)
-
-
-def _needs_first_teacher(run: Run):
-  """Distillation starts from distill.teacher_checkpoint, models/0 or (a
-  guided config) the stage-one model, unless every round is done."""
-  models = run.store.models()
+def rounds_need_own_teacher(run: Run) -> bool:
+  """Whether the rounds still to train start from a model of this workdir:
+  some round is not done and distill.teacher_checkpoint (checked to exist
+  when given) is empty."""
   teacher = run.config.distill.teacher_checkpoint
   if teacher:
     workdir_lib.resolve_model_path(teacher)
-  elif not all(n in models for n in round_step_counts(run.config)):
-    if network_lib.is_guided(run.config) and not run.store.has_stage_one():
-      raise workdir_lib.missing_stage_one(run.workdir)
-    if not network_lib.is_guided(run.config) and 0 not in models:
-      raise workdir_lib.missing_teacher(run.workdir)
+    return False
+  models = run.store.models()
+  return not all(n in models for n in round_step_counts(run.config))
 
 
-def _needs_models(run: Run):
+def _needs_first_teacher(run: Run):
+  """Distillation starts from distill.teacher_checkpoint or models/0,
+  unless every round is done."""
+  if rounds_need_own_teacher(run) and 0 not in run.store.models():
+    raise workdir_lib.missing_teacher(run.workdir)
+
+
+def needs_models(run: Run):
   if not run.store.models():
     raise workdir_lib.no_models(run.workdir)
 
 
 def _can_evaluate(run: Run):
-  guided_config = network_lib.is_guided(run.config)
-  module = guided_evaluation if guided_config else evaluation
-  module.check_can_evaluate(run.config, run.workdir)
+  evaluation.check_can_evaluate(run.config, run.workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,25 +312,13 @@ class Mode:
   needs: tuple
 
 
-_TRAINING = (_needs_training_data,)
+TRAINING = (needs_training_data,)
 MODES = {
-    'train': Mode((train_teacher,), _TRAINING),
-    'distill': Mode((distill,), _TRAINING + (_needs_first_teacher,)),
-    'sample': Mode((sample,), (_needs_models,)),
+    'train': Mode((train_teacher,), TRAINING),
+    'distill': Mode((distill,), TRAINING + (_needs_first_teacher,)),
+    'sample': Mode((sample,), (needs_models,)),
     'eval': Mode((evaluation.evaluate,), (_can_evaluate,)),
-    'all': Mode((train_teacher, distill, sample), _TRAINING),
-}
-# Guided configs (a guidance section): 'guide' is stage one, between the
-# teacher and the rounds; see guided.py.
-GUIDED_MODES = {
-    'train': MODES['train'],
-    'guide': Mode((guided.guide,), _TRAINING + (_needs_guided_teacher,)),
-    'distill': MODES['distill'],
-    'sample': Mode((guided.sample,), (_needs_models,)),
-    'eval': Mode((guided_evaluation.evaluate,), (_can_evaluate,)),
-    'all': Mode(
-        (train_teacher, guided.guide, distill, guided.sample), _TRAINING
-    ),
+    'all': Mode((train_teacher, distill, sample), TRAINING),
 }
 
 
@@ -341,22 +338,24 @@ def preflight(run: Run, mode: Mode):
     check(run)
 
 
-def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
-  """Runs `mode` ('train' | 'distill' | 'sample' | 'eval' | 'all', and
-  'guide' for guided configs) in `workdir`; 'all' is train, (guide,)
-  distill and sample. Returns {phase: seconds}."""
-  is_guided = network_lib.is_guided(config)
-  modes = GUIDED_MODES if is_guided else MODES
-  if mode == 'guide' and not is_guided:
-    raise errors.InputError(
-        '--mode=guide is stage one of guided distillation: it needs a guided '
-        'config (one with a guidance section), e.g. configs/digits_guided.py.'
-    )
+def run_mode(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mode: str,
+    *,
+    modes: dict | None = None,
+    wing: run_lib.Wing = run_lib.CORE,
+):
+  """Runs `mode` of `modes` (default MODES: 'train' | 'distill' |
+  'sample' | 'eval' | 'all', which is train, distill and sample) in
+  `workdir`, with the phases, checks and sampler of `wing`. Returns
+  {phase function: seconds}."""
+  modes = MODES if modes is None else modes
   if mode not in modes:
     raise errors.InputError(
         f'Unknown --mode={mode!r}; choose one of {", ".join(modes)}.'
     )
-  run = Run(config, workdir)
+  run = Run(config, workdir, wing=wing)
   preflight(run, modes[mode])
   timings = {}
   with workdir_lock.WorkdirLock(workdir):

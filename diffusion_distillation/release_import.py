@@ -37,13 +37,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from diffusion_distillation import cli
-from diffusion_distillation import config_checks
-from diffusion_distillation import errors
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import run_config
-from diffusion_distillation import workdir as workdir_lib
-from diffusion_distillation import workdir_lock
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import run_config
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import errors
 
 _RELEASE_KEYS = ('step', 'optimizer', 'ema_params', 'num_sample_steps')
 

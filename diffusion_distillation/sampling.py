@@ -5,10 +5,10 @@ class-conditional models `arr_1`, int32 labels: the layout the widely used
 ADM FID evaluator reads.
 
 Methods: 'ddim', 'ancestral' (sample.logvar_type) and 'stochastic' (the
-N-step sampler of Meng et al. 2023 for distilled students). A guided config
-samples at guidance strength w: its teacher (parameters without a
-w-embedding) with classifier-free guidance, two network evaluations per
-step; its w-conditioned students with w as an input, one evaluation.
+N-step sampler of Meng et al. 2023 for distilled students). `Sampler`
+samples the network as it is; the guided wing's subclass
+(diffusion_distillation/guided/sampling.py) samples at a guidance strength
+w through its two hooks, `strength` and `denoise_fn`.
 """
 
 import io
@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from diffusion_distillation import data
 from diffusion_distillation import diffusion
-from diffusion_distillation import files
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
-from diffusion_distillation import sharding
 from diffusion_distillation import unet
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.training import sharding
+from diffusion_distillation.utils import files
 
 METHODS = ('ddim', 'ancestral', 'stochastic')
 GRID_SIZE = 100  # samples shown in a .png grid
@@ -32,8 +32,13 @@ GRID_SIZE = 100  # samples shown in a .png grid
 
 class Sampler:
   """Samples from a network's parameters; compiles once per step count and
-  method (and, for guided configs, kind of model: network.denoise_fn tells
-  the teacher's parameters from its students'; w is an argument)."""
+  method (and per kind of parameters where `denoise_fn` tells them apart;
+  w is an argument).
+
+  A subclass conditions the samples on a guidance strength w: `strength`
+  says which w a `sample(guidance=...)` call samples at, `denoise_fn`
+  builds the denoise function at it.
+  """
 
   def __init__(
       self,
@@ -58,18 +63,8 @@ class Sampler:
       model, sample = self._config.model, self._config.sample
       schedule = schedules.get_logsnr_schedule(**model.logsnr_schedule)
 
-      guided = network_lib.is_guided(self._config)
-
       def run(params, z, labels, rng, w):
-        denoise = network_lib.denoise_fn(
-            self._network,
-            params,
-            labels,
-            w=w if guided else None,
-            null_label=self._config.dataset.num_classes,
-            mean_type=model.mean_type,
-            clip_x=sample.clip_x,
-        )
+        denoise = self.denoise_fn(params, labels, w)
         if method == 'ddim':
           return diffusion.ddim_sample(
               denoise, z_init=z, num_steps=num_steps, logsnr_schedule=schedule
@@ -99,18 +94,28 @@ class Sampler:
       )
     return self._compiled[key]
 
-  def _guidance(self, guidance: float | None) -> float:
-    """w: 0 unless the config is guided; then sample.guidance by default."""
-    if not network_lib.is_guided(self._config):
-      if guidance:
-        raise ValueError(
-            f'guidance={guidance} needs a guided config (one with a guidance '
-            'section, e.g. configs/digits_guided.py).'
-        )
-      return 0.0
-    if guidance is None:
-      guidance = self._config.sample.guidance
-    return float(guidance)
+  def denoise_fn(self, params, labels, w):
+    """The denoise_fn(z, logsnr) that sampling runs (traced): the network
+    at `params` for `labels`. `w` is the guidance strength `strength`
+    returned, which a network without guidance ignores."""
+    del w  # no guidance here; see the class doc
+    return network_lib.denoise_fn(
+        self._network,
+        params,
+        labels,
+        mean_type=self._config.model.mean_type,
+        clip_x=self._config.sample.clip_x,
+    )
+
+  def strength(self, guidance: float | None) -> float:
+    """The guidance strength w a sample(guidance=...) call samples at: none
+    here (0), so a strength is refused."""
+    if guidance:
+      raise ValueError(
+          f'guidance={guidance} needs a guided config (one with a guidance '
+          'section, e.g. configs/digits_guided.py).'
+      )
+    return 0.0
 
   def noise(self, num_samples: int, seed: int) -> np.ndarray:
     """Starting noise N(0, I); fixed by the seed, shared by every model."""
@@ -147,7 +152,7 @@ class Sampler:
     z = self.noise(num_samples, seed) if z is None else z
     if labels is None:
       labels = np.zeros((num_samples,), np.int32)
-    w = self._guidance(guidance)
+    w = self.strength(guidance)
     run = self._compiled_for(num_steps, method)
     w = sharding.replicate(np.float32(w), self._mesh)
     rng = jax.random.key(seed + 1)

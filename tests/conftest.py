@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import test as test_config  # noqa: E402
-from diffusion_distillation import cli  # noqa: E402
 from diffusion_distillation import network as network_lib  # noqa: E402
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import cli  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The limit on any subprocess or wait in a test: long enough that only a

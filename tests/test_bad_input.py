@@ -11,11 +11,12 @@ import pytest
 
 from configs import cifar10
 from configs import test_guided
-from diffusion_distillation import cli
-from diffusion_distillation import errors
-from diffusion_distillation import input_pipeline
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir_lock
+from diffusion_distillation.data import input_pipeline
+from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import errors
 from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import tiny_config
@@ -77,7 +78,7 @@ def test_bad_guide_values_are_refused_before_any_write(
   workdir = str(tmp_path / 'w')
   config = with_overrides(test_guided.get_config(), **overrides)
   with pytest.raises(errors.InputError, match=message):
-    pipeline.run_mode(config, workdir, 'train')
+    guided_pipeline.run_mode(config, workdir, 'train')
   assert not os.path.exists(workdir)
 
 

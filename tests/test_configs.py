@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import errors
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.utils import errors
 from tests.conftest import REPO
 from tests.conftest import tiny_config
 

@@ -14,17 +14,17 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar10 as configs_cifar10
-from diffusion_distillation import config_checks
-from diffusion_distillation import data
-from diffusion_distillation import errors
-from diffusion_distillation import eval_scorers
-from diffusion_distillation import evaluation
-from diffusion_distillation import inception
-from diffusion_distillation import input_pipeline
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation import reference_network
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import input_pipeline
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import reference_network
+from diffusion_distillation.evaluation import scorers as eval_scorers
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import errors
 from tests.conftest import randomize_params
 from tests.conftest import tiny_config
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from diffusion_distillation import errors
-from diffusion_distillation import fid as fid_lib
-from diffusion_distillation import inception
-from diffusion_distillation import metrics
+from diffusion_distillation.evaluation import fid as fid_lib
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import metrics
+from diffusion_distillation.utils import errors
 from tests.conftest import run_python
 
 
@@ -188,7 +188,7 @@ def test_command_scores_an_npz_against_a_reference(params, network, tmp_path):
   out = tmp_path / 'scores.json'
   command = [
       '-m',
-      'diffusion_distillation.fid',
+      'diffusion_distillation.evaluation.fid',
       f'--samples={samples}',
       f'--reference={tmp_path / "ref.npz"}',
       f'--inception_weights={weights}',

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distillation import config_checks
 from diffusion_distillation import diffusion
-from diffusion_distillation import errors
-from diffusion_distillation import guidance
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import unet
+from diffusion_distillation.guided import config_checks
+from diffusion_distillation.guided import guidance
+from diffusion_distillation.utils import errors
 from tests.conftest import float64
 from tests.conftest import randomize_params
 from tests.test_diffusion import SCHEDULE

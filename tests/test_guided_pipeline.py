@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from configs import test_guided
-from diffusion_distillation import errors
-from diffusion_distillation import health
 from diffusion_distillation import network as network_lib
-from diffusion_distillation import pipeline
-from diffusion_distillation import run_config
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.guided import phases as guided_phases
+from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.runs import run_config
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import health
+from diffusion_distillation.utils import errors
 from tests.conftest import REPO
 from tests.conftest import assert_trees_close
 from tests.conftest import kill_main_when_saved
@@ -51,7 +52,9 @@ def guided_workdir(tmp_path_factory):
   """A finished tiny guided run (teacher, stage one, rounds 4 -> 2 -> 1,
   samples), with the compilations it logged."""
   workdir = str(tmp_path_factory.mktemp('guided') / 'workdir')
-  timings, compiled = run_logging_compiles(guided_config(), workdir, 'all')
+  timings, compiled = run_logging_compiles(
+      guided_config(), workdir, 'all', guided_pipeline.run_mode
+  )
   return workdir, compiled, timings
 
 
@@ -118,7 +121,7 @@ def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
     return str(workdir)
 
   reference = with_teacher('reference')
-  pipeline.run_mode(config, reference, 'guide')
+  guided_pipeline.run_mode(config, reference, 'guide')
 
   resumed = with_teacher('resumed')
   # One CPU device, as the in-process reference.
@@ -166,7 +169,7 @@ def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
       lambda state: int(state.step) <= 2 and is_finite(state),
   )
   with pytest.raises(errors.RunStopped) as stopped:
-    pipeline.run_mode(guided_config(**short), str(workdir), 'guide')
+    guided_pipeline.run_mode(guided_config(**short), str(workdir), 'guide')
   message = str(stopped.value)
   assert 'guide diverged' in message and f'{workdir}/guide/2' in message
   assert '--config.guide.learning_rate=5e-05' in message
@@ -175,7 +178,7 @@ def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
 
   # The rerun the message offers is accepted, recorded and resumed.
   caplog.set_level(logging.INFO, logger='absl')
-  pipeline.run_mode(
+  guided_pipeline.run_mode(
       guided_config(**short, **{'guide.learning_rate': 5e-05}),
       str(workdir),
       'guide',
@@ -194,7 +197,7 @@ def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
 @pytest.mark.slow
 def test_guided_eval_scores_every_model_at_every_w(guided_workdir):
   workdir, _, _ = guided_workdir
-  pipeline.run_mode(guided_config(), workdir, 'eval')
+  guided_pipeline.run_mode(guided_config(), workdir, 'eval')
   with open(os.path.join(workdir, 'eval', 'guided_results.json')) as f:
     results = json.load(f)
   names = {row['name'] for row in results['entries']}
@@ -220,15 +223,15 @@ def test_guided_eval_scores_every_model_at_every_w(guided_workdir):
 
 def test_guide_mode_needs_a_guided_config(tmp_path):
   with pytest.raises(errors.InputError, match='needs a guided config'):
-    pipeline.run_mode(tiny_config(), str(tmp_path / 'w'), 'guide')
+    guided_pipeline.run_mode(tiny_config(), str(tmp_path / 'w'), 'guide')
   assert not os.path.exists(tmp_path / 'w')
 
 
 def test_stage_one_needs_the_teacher_and_stage_two_stage_one(tmp_path):
   with pytest.raises(errors.InputError, match='Missing guided teacher'):
-    pipeline.run_mode(guided_config(), str(tmp_path / 'a'), 'guide')
+    guided_pipeline.run_mode(guided_config(), str(tmp_path / 'a'), 'guide')
   with pytest.raises(errors.InputError, match='Missing stage-one model'):
-    pipeline.run_mode(guided_config(), str(tmp_path / 'b'), 'distill')
+    guided_pipeline.run_mode(guided_config(), str(tmp_path / 'b'), 'distill')
   # Refused before anything is written.
   assert not os.path.exists(tmp_path / 'a')
   assert not os.path.exists(tmp_path / 'b')
@@ -244,7 +247,7 @@ def test_every_phase_offers_the_same_recovery_fields(tmp_path, section, field):
   changed = guided_config()
   before = changed[section][field]
   changed[section][field] = not before if isinstance(before, bool) else 0.05
-  changes = run_config.check(workdir, changed)
+  changes = run_config.check(workdir, changed, guided_phases.PHASES)
   assert changes == {f'{section}.{field}': (before, changed[section][field])}
 
 
@@ -263,15 +266,17 @@ def test_every_phase_offers_the_same_recovery_fields(tmp_path, section, field):
 def test_every_phase_check_covers_stage_one(tmp_path, overrides, message):
   workdir = str(tmp_path / 'w')
   with pytest.raises(errors.InputError, match=message):
-    pipeline.run_mode(guided_config(**overrides), workdir, 'train')
+    guided_pipeline.run_mode(guided_config(**overrides), workdir, 'train')
   assert not os.path.exists(workdir)
 
 
 def test_guided_eval_of_a_tfds_config_points_to_the_fid_command(tmp_path):
   from configs import imagenet64_guided
 
-  with pytest.raises(errors.InputError, match='diffusion_distillation.fid'):
-    pipeline.run_mode(
+  with pytest.raises(
+      errors.InputError, match='diffusion_distillation.evaluation.fid'
+  ):
+    guided_pipeline.run_mode(
         imagenet64_guided.get_config(), str(tmp_path / 'w'), 'eval'
     )
   assert not os.path.exists(tmp_path / 'w')

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_distillation import errors
-from diffusion_distillation import inception
-from diffusion_distillation import inception_net
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import inception_net
+from diffusion_distillation.utils import errors
 from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import run_python
 
@@ -202,7 +202,7 @@ def test_convert_command_writes_loadable_weights(params, tmp_path):
   out = tmp_path / 'inception_fid.npz'
   result = run_python([
       '-m',
-      'diffusion_distillation.inception',
+      'diffusion_distillation.evaluation.inception',
       f'--graph_def={pb}',
       f'--out={out}',
   ])
@@ -212,7 +212,7 @@ def test_convert_command_writes_loadable_weights(params, tmp_path):
   assert fingerprint in result.stdout
   missing = run_python([
       '-m',
-      'diffusion_distillation.inception',
+      'diffusion_distillation.evaluation.inception',
       f'--graph_def={tmp_path / "none.pb"}',
       f'--out={out}',
   ])
@@ -223,7 +223,8 @@ def test_convert_command_writes_loadable_weights(params, tmp_path):
 _TWO_DEVICES = """
 import json, sys
 import jax, numpy as np
-from diffusion_distillation import inception, sharding
+from diffusion_distillation.evaluation import inception
+from diffusion_distillation.training import sharding
 params = inception.random_params(0)
 images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), np.uint8)
 out = {}

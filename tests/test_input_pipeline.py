@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import errors
-from diffusion_distillation import input_pipeline
+from diffusion_distillation.data import input_pipeline
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.utils import errors
 from tests.conftest import tiny_config
 
 # name -> (image_size, number of classes; 0 = no labels)

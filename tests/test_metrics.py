@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from diffusion_distillation import metrics
+from diffusion_distillation.evaluation import metrics
 
 
 def _random_spd(rng, dim):

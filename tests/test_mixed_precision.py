@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distillation import data
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation import sharding
-from diffusion_distillation import trainer as trainer_lib
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.training import sharding
+from diffusion_distillation.training import trainer as trainer_lib
 from tests.conftest import randomize_params
 from tests.conftest import tiny_config
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import workdir as workdir_lib
 from tests.conftest import HANG_SECS
 from tests.conftest import REPO
 from tests.conftest import TEST_CONFIG

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_distillation import input_pipeline
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.data import input_pipeline
+from diffusion_distillation.runs import workdir as workdir_lib
 from tests.conftest import TEST_CONFIG
 from tests.conftest import run_python
 from tests.conftest import tiny_config

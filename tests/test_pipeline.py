@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distillation import config_checks
-from diffusion_distillation import errors
 from diffusion_distillation import pipeline
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import config_checks
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import errors
 from tests.conftest import TEST_CONFIG
 from tests.conftest import TWO_CPU_DEVICES
 from tests.conftest import assert_trees_close
@@ -24,8 +24,8 @@ from tests.conftest import saved_params
 from tests.conftest import tiny_config
 
 
-def run_logging_compiles(config, workdir, mode):
-  """pipeline.run_mode, also returning the 'Compiling ...' lines JAX logged."""
+def run_logging_compiles(config, workdir, mode, run_mode=pipeline.run_mode):
+  """run_mode, also returning the 'Compiling ...' lines JAX logged."""
   records = []
   handler = logging.Handler()
   handler.emit = records.append
@@ -33,7 +33,7 @@ def run_logging_compiles(config, workdir, mode):
   jax_logger.addHandler(handler)
   try:
     with jax.log_compiles(True):
-      timings = pipeline.run_mode(config, workdir, mode)
+      timings = run_mode(config, workdir, mode)
   finally:
     jax_logger.removeHandler(handler)
   compiled = [
@@ -228,7 +228,8 @@ def test_a_signal_mid_teacher_saves_stops_in_one_line_and_resumes_exactly(
 _DATA_PARALLEL_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from diffusion_distillation import pipeline, sharding, trainer as trainer_lib
+from diffusion_distillation import pipeline
+from diffusion_distillation.training import sharding, trainer as trainer_lib
 from tests.conftest import tiny_config
 
 # One substep compiles twice as fast.

@@ -4,7 +4,7 @@ against a brute-force reading of the definition."""
 import numpy as np
 import pytest
 
-from diffusion_distillation import precision_recall
+from diffusion_distillation.evaluation import precision_recall
 
 
 def _on_a_line(*positions, dim=4):

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distillation import errors
 from diffusion_distillation import pipeline
 from diffusion_distillation import release_import
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import errors
 from tests.conftest import TEST_CONFIG
 from tests.conftest import randomize_params
 from tests.conftest import run_python

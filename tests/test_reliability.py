@@ -19,15 +19,15 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10
-from diffusion_distillation import checkpoints
-from diffusion_distillation import cli
-from diffusion_distillation import errors
-from diffusion_distillation import health
 from diffusion_distillation import pipeline
-from diffusion_distillation import quiet
-from diffusion_distillation import trainer as trainer_lib
-from diffusion_distillation import workdir as workdir_lib
-from diffusion_distillation import workdir_lock
+from diffusion_distillation.runs import checkpoints
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.training import health
+from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import quiet
 from tests.conftest import HANG_SECS
 from tests.conftest import TEST_CONFIG
 from tests.conftest import assert_trees_close
@@ -565,7 +565,7 @@ _STALLED_DEVICE = r"""
 import sys, time
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import PartitionSpec as P
-from diffusion_distillation import cli
+from diffusion_distillation.utils import cli
 
 cli.split_cpu(2)  # as the command does
 

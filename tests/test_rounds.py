@@ -7,10 +7,10 @@ import pytest
 
 from configs import cifar10
 from configs import digits
-from diffusion_distillation import errors
 from diffusion_distillation import pipeline
-from diffusion_distillation import run_config
-from diffusion_distillation import workdir as workdir_lib
+from diffusion_distillation.runs import run_config
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.utils import errors
 
 
 def test_rounds_have_steps_per_round_updates_by_default():

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distillation import data
-from diffusion_distillation import sharding
-from diffusion_distillation import trainer as trainer_lib
+from diffusion_distillation.data import datasets as data
+from diffusion_distillation.training import sharding
+from diffusion_distillation.training import trainer as trainer_lib
 from tests.conftest import assert_trees_close
 from tests.conftest import tiny_config
 

@@ -1,0 +1,177 @@
+"""Guided distillation's runs (Meng et al. 2023): the phase functions that
+differ from the core's, the guided modes, `WING` and `run_mode`.
+
+The guided teacher trains with the core's `pipeline.train_teacher` and
+stage two is `pipeline.distill`, both with the guided phase table
+(phases.py: labels dropped, w drawn per example); stage one (`guide`),
+stage two's first teacher (the stage-one model) and sampling at w are
+here. Where each model lives: workdir.py.
+
+Each phase function takes a `run.Run` of the guided wing.
+"""
+
+import time
+
+import ml_collections
+from absl import logging
+
+from diffusion_distillation import network as network_lib
+from diffusion_distillation import pipeline
+from diffusion_distillation.guided import config_checks
+from diffusion_distillation.guided import evaluation
+from diffusion_distillation.guided import phases
+from diffusion_distillation.guided import sampling
+from diffusion_distillation.runs import run as run_lib
+from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import phases as phases_lib
+from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.training import training_loop
+from diffusion_distillation.utils import errors
+
+
+def guide(run):
+  """Stage one: trains the w-conditioned student against the guided
+  teacher at w ~ U[w_min, w_max] in continuous time, starting from the
+  teacher's parameters plus a w-embedding whose output is zero; saves it
+  as models_guide/0 and resumes from guide/ checkpoints."""
+  config = run.config
+  if run.store.has_stage_one():
+    logging.info('Stage one already done in %s', run.workdir)
+    return
+  teacher = run.store.load_teacher()
+  trainer = trainer_lib.build(config, phases.GUIDE, run.mesh)
+  start = time.time()
+  state, last = run.train(
+      training_loop.whole_phase(
+          phases.GUIDE,
+          config,
+          run.store.checkpoints_dir(phases.GUIDE.checkpoints),
+          fresh_note='stage one would start again from the teacher',
+      ),
+      trainer,
+      start_params=lambda: network_lib.add_guidance_embedding(
+          teacher,
+          trainer.init_params(
+              phases_lib.stream_key(config.seed, phases.STAGE_ONE_STREAM)
+          ),
+      ),
+      teacher=teacher,
+  )
+  run.store.save_stage_one(
+      state.ema_params,
+      {'guide_steps': int(state.step), 'seconds': time.time() - start},
+  )
+  run.writer.write_scalars(
+      int(state.step), {'guide/minutes': (time.time() - start) / 60}
+  )
+  logging.info(
+      'Stage one done in %.1f min, final loss %.4g',
+      (time.time() - start) / 60,
+      last.get('loss', float('nan')),
+  )
+  num_steps = config.distill.start_num_steps
+  run.write_samples(
+      state.ema_params,
+      num_steps=num_steps,
+      name=f'grid_guide_{num_steps}',
+      step=int(state.step),
+  )
+
+
+def distill(run):
+  """Stage two: the core's rounds (pipeline.distill), the first from the
+  stage-one model unless distill.teacher_checkpoint names another."""
+  pipeline.distill(run, own_teacher=run.store.load_stage_one)
+
+
+def sample(run, num_samples: int | None = None) -> dict:
+  """Writes samples at w = sample.guidance of every model of a guided
+  workdir: the guided teacher (sample.teacher_num_steps, sample.sampler,
+  two network evaluations per step), the stage-one model
+  (distill.start_num_steps DDIM steps) and each student (its N DDIM steps).
+  Files: samples_<steps>_teacher_w<w>, samples_<steps>_guide_w<w>,
+  samples_<N>_w<w> (.npz + .png). Returns {name: paths}."""
+  config, store = run.config, run.store
+  w = config.sample.guidance
+  todo = []
+  models = store.models()
+  if 0 in models:
+    steps = config.sample.teacher_num_steps
+    teacher = (store.load_teacher, steps, config.sample.sampler)
+    todo.append((f'samples_{steps}_teacher_w{w:g}', *teacher))
+  if store.has_stage_one():
+    steps = config.distill.start_num_steps
+    stage_one = (store.load_stage_one, steps, 'ddim')
+    todo.append((f'samples_{steps}_guide_w{w:g}', *stage_one))
+  for n in models:
+    if n > 0:
+      todo.append((f'samples_{n}_w{w:g}', lambda n=n: store.load(n), n, 'ddim'))
+  if not todo:
+    raise workdir_lib.no_models(run.workdir, guided=True)
+  written = {}
+  for name, load, steps, method in todo:
+    paths = run.write_samples(
+        load(),
+        num_steps=steps,
+        name=name,
+        method=method,
+        num_samples=num_samples,
+    )
+    if paths:
+      written[name] = paths
+  return written
+
+
+# ----------------------------------------------------------------------------
+# Modes: 'guide' is stage one, between the teacher and the rounds.
+
+
+def _needs_guided_teacher(run):
+  if 0 not in run.store.models() and not run.store.has_stage_one():
+    raise workdir_lib.missing_guided_teacher(run.workdir)
+
+
+def _needs_stage_one(run):
+  """Stage two starts from distill.teacher_checkpoint or the stage-one
+  model, unless every round is done."""
+  if pipeline.rounds_need_own_teacher(run) and not run.store.has_stage_one():
+    raise workdir_lib.missing_stage_one(run.workdir)
+
+
+def _can_evaluate(run):
+  evaluation.check_can_evaluate(run.config, run.workdir)
+
+
+_TRAINING = pipeline.TRAINING
+MODES = {
+    'train': pipeline.MODES['train'],
+    'guide': pipeline.Mode((guide,), _TRAINING + (_needs_guided_teacher,)),
+    'distill': pipeline.Mode((distill,), _TRAINING + (_needs_stage_one,)),
+    'sample': pipeline.Mode((sample,), (pipeline.needs_models,)),
+    'eval': pipeline.Mode((evaluation.evaluate,), (_can_evaluate,)),
+    'all': pipeline.Mode(
+        (pipeline.train_teacher, guide, distill, sample), _TRAINING
+    ),
+}
+
+WING = run_lib.Wing(
+    phases=phases.PHASES,
+    check_config=config_checks.check_config,
+    sampler=sampling.GuidedSampler,
+    sections=('guidance', 'guide'),
+)
+
+
+def run_mode(config: ml_collections.ConfigDict, workdir: str, mode: str):
+  """Runs `mode` ('train' | 'guide' | 'distill' | 'sample' | 'eval' |
+  'all', which is train, guide, distill and sample) of a guided config in
+  `workdir`. Returns {phase function: seconds}."""
+  if not network_lib.is_guided(config):
+    what = 'The guided wing'
+    if mode == 'guide':
+      what = '--mode=guide is stage one of guided distillation: it'
+    raise errors.InputError(
+        f'{what} needs a guided config (one with a guidance section), e.g. '
+        'configs/digits_guided.py.'
+    )
+  return pipeline.run_mode(config, workdir, mode, modes=MODES, wing=WING)
