@@ -48,6 +48,7 @@ from absl import flags
 
 from benchmarks import parameterization_report as report_lib
 from benchmarks import timing
+from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
 
 OUTPUTS = ('both', 'x', 'eps', 'v')  # the paper's row order
@@ -166,7 +167,7 @@ def finished_models(workdir: str) -> list:
   once it is written, and opening a CheckpointManager here could clean up
   the temporary folder of a save that another process has in flight.
   """
-  path = os.path.join(workdir, 'models')
+  path = workdir_lib.models_dir(workdir)
   if not os.path.isdir(path):
     return []
   return sorted(
@@ -429,7 +430,7 @@ def cached_eval(
   """The results.json of --mode=eval with `overrides` on `workdir`, kept as
   eval/<label>.json and reused while the overrides are the same; None when
   another process holds the workdir."""
-  kept = os.path.join(workdir, 'eval', f'{label}.json')
+  kept = os.path.join(workdir_lib.eval_dir(workdir), f'{label}.json')
   if os.path.exists(kept):
     with open(kept) as f:
       saved = json.load(f)
@@ -437,7 +438,7 @@ def cached_eval(
       return saved['results']
   if _run_main(budget, root, workdir, 'eval', run, overrides, name) == 'busy':
     return None
-  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+  with open(os.path.join(workdir_lib.eval_dir(workdir), 'results.json')) as f:
     results = json.load(f)
   files.write_json({'overrides': overrides, 'results': results}, kept)
   return results
@@ -448,16 +449,19 @@ def teacher_copy(root: str, run: tuple) -> str:
   where its teacher is scored without the students and the lock."""
   name = run_name(*run)
   copy = os.path.join(root, 'teacher_eval', name)
-  model = os.path.join(copy, 'models', '0')
+  model = os.path.join(workdir_lib.models_dir(copy), '0')
   if not os.path.exists(model):
     os.makedirs(os.path.dirname(model), exist_ok=True)
     shutil.copy(
-        os.path.join(root, name, 'config.json'),
-        os.path.join(copy, 'config.json'),
+        os.path.join(root, name, workdir_lib.CONFIG),
+        os.path.join(copy, workdir_lib.CONFIG),
     )
     partial = model + '.partial'
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(os.path.join(root, name, 'models', '0'), partial)
+    shutil.copytree(
+        os.path.join(workdir_lib.models_dir(os.path.join(root, name)), '0'),
+        partial,
+    )
     os.rename(partial, model)  # a copy cut short is never taken as done
   return copy
 
