@@ -11,6 +11,7 @@ its own, built on these functions.
 """
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -75,8 +76,7 @@ def train_teacher(run: Run):
     return
   phase = run.wing.phase(phases.TEACHER.name)
   trainer = trainer_lib.build(config, phase, run.mesh)
-  start = time.time()
-  state, _ = run.train(
+  trained = run.train(
       training_loop.whole_phase(
           phase,
           config,
@@ -88,20 +88,15 @@ def train_teacher(run: Run):
           phases.stream_key(config.seed, phases.RngStream.INIT)
       ),
   )
-  # 'seconds': this process's training time (a resumed run's last leg).
-  run.store.save_model(
-      0,
-      state.ema_params,
-      {'trained_steps': int(state.step), 'seconds': time.time() - start},
-  )
-  run.writer.write_scalars(
-      int(state.step), {'train/minutes': (time.time() - start) / 60}
-  )
-  run.write_samples(
-      state.ema_params,
-      num_steps=config.sample.teacher_num_steps,
-      name=grid_name,
-      step=int(state.step),
+  run.finish_phase(
+      'Teacher training',
+      trained,
+      save=functools.partial(run.store.save_model, 0),
+      meta={'trained_steps': int(trained.state.step)},
+      step=int(trained.state.step),
+      minutes_key='train/minutes',
+      grid_steps=config.sample.teacher_num_steps,
+      grid_name=grid_name,
   )
 
 
@@ -200,36 +195,19 @@ def _distill_round(run: Run, trainer, teacher, round_index: int):
       2 * student_steps,
       student_steps,
   )
-  start = time.time()
-  state, last = run.train(
+  trained = run.train(
       leg, trainer, start_params=lambda: teacher, teacher=teacher
   )
-  minutes = (time.time() - start) / 60
-  run.store.save_model(
-      student_steps,
-      state.ema_params,
-      {'distill_steps': updates, 'seconds': time.time() - start},
-  )
-  run.writer.write_scalars(
-      offset + updates,
-      {
-          'distill/round_minutes': minutes,
-          'distill/num_sample_steps': student_steps,
-      },
-  )
-  logging.info(
-      'Round %d/%d (%d steps) done in %.1f min, final loss %.4g',
-      round_index + 1,
-      num_rounds,
-      student_steps,
-      minutes,
-      last.get('loss', float('nan')),
-  )
-  run.write_samples(
-      state.ema_params,
-      num_steps=student_steps,
-      name=f'grid_{student_steps}',
+  run.finish_phase(
+      f'Round {round_index + 1}/{num_rounds} ({student_steps} steps)',
+      trained,
+      save=functools.partial(run.store.save_model, student_steps),
+      meta={'distill_steps': updates},
       step=offset + updates,
+      minutes_key='distill/round_minutes',
+      scalars={'distill/num_sample_steps': student_steps},
+      grid_steps=student_steps,
+      grid_name=f'grid_{student_steps}',
   )
 
 

@@ -10,8 +10,6 @@ here. Where each model lives: workdir.py.
 Each phase function takes a `run.Run` of the guided wing.
 """
 
-import time
-
 import ml_collections
 from absl import logging
 
@@ -40,8 +38,7 @@ def guide(run):
     return
   teacher = run.store.load_teacher()
   trainer = trainer_lib.build(config, phases.GUIDE, run.mesh)
-  start = time.time()
-  state, last = run.train(
+  trained = run.train(
       training_loop.whole_phase(
           phases.GUIDE,
           config,
@@ -57,24 +54,16 @@ def guide(run):
       ),
       teacher=teacher,
   )
-  run.store.save_stage_one(
-      state.ema_params,
-      {'guide_steps': int(state.step), 'seconds': time.time() - start},
-  )
-  run.writer.write_scalars(
-      int(state.step), {'guide/minutes': (time.time() - start) / 60}
-  )
-  logging.info(
-      'Stage one done in %.1f min, final loss %.4g',
-      (time.time() - start) / 60,
-      last.get('loss', float('nan')),
-  )
   num_steps = config.distill.start_num_steps
-  run.write_samples(
-      state.ema_params,
-      num_steps=num_steps,
-      name=f'grid_guide_{num_steps}',
-      step=int(state.step),
+  run.finish_phase(
+      'Stage one',
+      trained,
+      save=run.store.save_stage_one,
+      meta={'guide_steps': int(trained.state.step)},
+      step=int(trained.state.step),
+      minutes_key='guide/minutes',
+      grid_steps=num_steps,
+      grid_name=f'grid_guide_{num_steps}',
   )
 
 

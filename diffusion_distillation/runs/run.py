@@ -8,7 +8,9 @@ phase table, the checks of its config and its sampler. The guided wing
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -163,15 +165,17 @@ class Run:
       images, labels = self.dataset.batch_for_step(**where)
     return sharding.device_batch(images, labels, self.mesh)
 
-  def train(self, leg, trainer, *, start_params: Callable, teacher=None):
+  def train(
+      self, leg, trainer, *, start_params: Callable, teacher=None
+  ) -> 'Trained':
     """Trains `leg` (a training_loop.Leg) with `trainer`, resuming its
     checkpoints, else starting from `start_params()`; a phase with a
-    teacher steps against `teacher`'s parameters. Returns (state, the last
-    logged metrics)."""
+    teacher steps against `teacher`'s parameters."""
     run_step = trainer.update
     if leg.phase.has_teacher:
       run_step = lambda state, batch: trainer.update(state, batch, teacher)
-    return training_loop.train(
+    start = time.time()
+    state, last = training_loop.train(
         leg,
         config=self.config,
         abstract_state=trainer.abstract_state(),
@@ -182,6 +186,39 @@ class Run:
         run_step=run_step,
         batches=lambda step: self.batch_at(leg.phase.name, step),
         writer=self.writer,
+    )
+    return Trained(state, last, time.time() - start)
+
+  def finish_phase(
+      self,
+      title: str,
+      trained: 'Trained',
+      *,
+      save: Callable[[Any, dict], None],
+      meta: dict,
+      step: int,
+      minutes_key: str,
+      grid_steps: int,
+      grid_name: str,
+      scalars: dict | None = None,
+  ):
+    """The end of a trained phase: `save(ema_params, meta + seconds)`,
+    its minutes (as `minutes_key`) and `scalars` to the writer at `step`, a
+    log line, and the phase's sample grid in `grid_steps` steps."""
+    minutes = trained.seconds / 60
+    save(trained.state.ema_params, {**meta, 'seconds': trained.seconds})
+    self.writer.write_scalars(step, {minutes_key: minutes, **(scalars or {})})
+    logging.info(
+        '%s done in %.1f min, final loss %.4g',
+        title,
+        minutes,
+        trained.last.get('loss', float('nan')),
+    )
+    self.write_samples(
+        trained.state.ema_params,
+        num_steps=grid_steps,
+        name=grid_name,
+        step=step,
     )
 
   def write_samples(
@@ -221,3 +258,13 @@ class Run:
       )
     logging.info('Wrote %s and %s', paths['npz'], paths['png'])
     return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """What `Run.train` returns: the final train state, the last logged
+  metrics and this process's training seconds (a resumed run's last leg)."""
+
+  state: Any
+  last: dict
+  seconds: float
