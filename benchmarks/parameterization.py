@@ -2,9 +2,9 @@
 
 Trains a teacher for each output ('both', 'x', 'eps', 'v') and loss
 weighting ('snr', 'snr_trunc', 'v_mse' = SNR+1) at the embedded default's
-budget, distills four of them 64 -> 1 ('x', 'v', 'both' with truncated SNR,
-and 'eps' with it too unless it diverged, else with SNR+1), and scores
-them. Every run is the main command with overrides, in
+budget, distills five of them 64 -> 1 ('x', 'v', 'both' with truncated
+SNR, 'eps' with it too unless it diverged, else with SNR+1, and 'eps' with
+SNR), and scores them. Every run is the main command with overrides, in
 <workdir_root>/<output>_<weighting>:
 
   python -m diffusion_distillation.main --config=configs/digits.py \\
@@ -22,7 +22,7 @@ models/0 in ROOT/teacher_eval/<run> so that they neither resample the
 students nor wait for the workdir's lock. Each eval's results are kept as
 ROOT/.../eval/<label>.json and not redone.
 
-  python -m benchmarks.parameterization          # 12 teachers, 4 chains
+  python -m benchmarks.parameterization          # 12 teachers, 5 chains
   python -m benchmarks.parameterization --quick  # tiny config, 2 x 1
   python -m benchmarks.parameterization --notrain --workdir_root=ROOT
 
@@ -63,7 +63,11 @@ class Budget:
 
   config: the config file every command starts from.
   outputs, weightings: the teachers, outputs x weightings.
-  chain_outputs: the outputs distilled down to 1 step.
+  chain_outputs: the outputs distilled down to 1 step (with truncated SNR,
+    or SNR+1 for eps if truncated SNR diverged); reported under the
+    output's name.
+  extra_chains: more (output, weighting) runs distilled down to 1 step,
+    reported under '<output>_<weighting>'.
   table_ddim_steps: the DDIM step counts of the table's columns.
   ancestral_num_steps: the ancestral sampler's step count.
   variance_fractions: the f of 'fixed_medium:f' searched.
@@ -76,6 +80,7 @@ class Budget:
   outputs: tuple
   weightings: tuple
   chain_outputs: tuple
+  extra_chains: tuple
   table_ddim_steps: tuple
   ancestral_num_steps: int
   variance_fractions: tuple
@@ -88,6 +93,10 @@ FULL = Budget(
     outputs=OUTPUTS,
     weightings=WEIGHTINGS,
     chain_outputs=('x', 'v', 'both', 'eps'),
+    # eps + SNR (the plain eps-MSE of DDPM) was the best teacher under DDIM
+    # here, where eps with truncated SNR trained badly: distilled too, it
+    # tests the paper's claim that eps degrades on a good eps teacher.
+    extra_chains=(('eps', 'snr'),),
     table_ddim_steps=(64, 8),
     ancestral_num_steps=64,
     variance_fractions=(0.0, 0.25, 0.5, 0.75, 1.0),
@@ -100,6 +109,7 @@ QUICK = Budget(
     outputs=('x', 'v'),
     weightings=('snr_trunc',),
     chain_outputs=('x',),
+    extra_chains=(),
     table_ddim_steps=(4, 2),
     ancestral_num_steps=4,
     variance_fractions=(0.0, 1.0),
@@ -328,6 +338,14 @@ def chain_run(root: str, output: str) -> tuple | None:
   )
 
 
+def chain_runs(budget: Budget, root: str) -> dict:
+  """{the chain's key in the report: its (output, weighting) run, or None
+  while it is unknown}: the chain outputs', then the extra chains."""
+  runs = {output: chain_run(root, output) for output in budget.chain_outputs}
+  runs.update({run_name(*run): run for run in budget.extra_chains})
+  return runs
+
+
 def student_step_counts(config) -> list:
   """The chain's student step counts, start/2 ... end (as pipeline's)."""
   counts, n = [], config.distill.start_num_steps
@@ -348,8 +366,11 @@ def train_missing(budget: Budget, root: str, config):
   chain_teachers = [
       r
       for r in teacher_runs(budget)
-      if r[0] in budget.chain_outputs
-      and (r[1] == CHAIN_WEIGHTING or r == ('eps', EPS_FALLBACK_WEIGHTING))
+      if (
+          r[0] in budget.chain_outputs
+          and (r[1] == CHAIN_WEIGHTING or r == ('eps', EPS_FALLBACK_WEIGHTING))
+      )
+      or r in budget.extra_chains
   ]
 
   def train(run):
@@ -358,8 +379,7 @@ def train_missing(budget: Budget, root: str, config):
 
   for run in chain_teachers:
     train(run)
-  for output in budget.chain_outputs:
-    run = chain_run(root, output)
+  for run in chain_runs(budget, root).values():
     if run is None or teacher_state(root, run)['status'] != 'done':
       continue
     if chain_state(root, run, student_step_counts(config))['status'] == (
@@ -545,9 +565,8 @@ def collect(budget: Budget, root: str, config) -> dict:
   start = config.distill.start_num_steps
   ladder = sorted(set(students) | {start} | set(budget.table_ddim_steps))
   chains = {}
-  for output in budget.chain_outputs:
-    run = chain_run(root, output)
-    entry = {'output': output, 'weighting': run and run[1]}
+  for key, run in chain_runs(budget, root).items():
+    entry = {'output': run[0] if run else key, 'weighting': run and run[1]}
     if run is None:
       entry.update(status='pending', waits_for='eps_snr_trunc teacher')
     else:
@@ -564,7 +583,7 @@ def collect(budget: Budget, root: str, config) -> dict:
               )
           }
       )
-    chains[output] = entry
+    chains[key] = entry
   chain_teachers = {
       (c['output'], c['weighting']) for c in chains.values() if c['weighting']
   }
@@ -705,8 +724,8 @@ def main(argv):
           if t['status'] == 'pending'
       ]
       + [
-          f'{output} chain'
-          for output, c in report['chains'].items()
+          f'{key} chain'
+          for key, c in report['chains'].items()
           if c['status'] == 'pending'
       ]
       + [

@@ -58,9 +58,11 @@ def _teacher(output, weighting, fd=None, status='done', diverged=None):
   return teacher
 
 
-def _chain(one_step_fd, teacher_fd):
+def _chain(output, one_step_fd, teacher_fd, weighting='snr_trunc'):
   score = lambda fd: {'fd': fd, 'accuracy': 0.9, 'nonfinite': False}  # noqa: E731
   return {
+      'output': output,
+      'weighting': weighting,
       'status': 'done',
       'students': {1: score(one_step_fd), 2: score(teacher_fd)},
       'ddim': {64: score(teacher_fd), 1: score(100.0)},
@@ -79,7 +81,7 @@ def test_findings_as_the_paper_has_them():
               diverged={'phase': 'train', 'step': 400},
           ),
       ],
-      'chains': {'x': _chain(10.0, 9.0), 'eps': _chain(30.0, 10.0)},
+      'chains': {'x': _chain('x', 10.0, 9.0), 'eps': _chain('eps', 30.0, 10.0)},
   }
   found = report_lib.findings(report, 64)
   assert found['eps_truncated_snr_diverges']['holds'] is True
@@ -99,7 +101,7 @@ def test_findings_that_do_not_hold_or_are_not_known_yet():
           _teacher('eps', 'snr_trunc', 12.0),
           _teacher('both', 'snr', status='pending'),
       ],
-      'chains': {'x': _chain(10.0, 9.0)},
+      'chains': {'x': _chain('x', 10.0, 9.0)},
   }
   found = report_lib.findings(report, 64)
   assert found['eps_truncated_snr_diverges']['holds'] is False
@@ -113,7 +115,7 @@ def test_longer_final_rounds_are_reported_beside_the_same_teachers_chain():
   score = lambda fd: {'fd': fd, 'accuracy': 0.9, 'nonfinite': False}  # noqa: E731
   report = {
       'teachers': [_teacher('v', 'snr_trunc', 9.0)],
-      'chains': {'v': _chain(10.0, 9.0)},
+      'chains': {'v': _chain('v', 10.0, 9.0)},
       'longer_final_rounds': {
           'v': {
               'status': 'done',
@@ -151,3 +153,24 @@ def test_the_stable_choices_are_the_papers_even_when_eps_trains_here():
   assert found['holds'] is False
   assert found['detail'].startswith('DDIM-64 FD 9.00-40.00, spread 344%')
   assert 'without ε 9.00-10.00, spread 11%' in found['detail']
+
+
+def test_an_extra_eps_chain_counts_for_the_distillation_finding(tmp_path):
+  report = {
+      'teachers': [_teacher('x', 'snr_trunc', 9.0)],
+      'chains': {
+          'x': _chain('x', 12.0, 9.0),
+          'eps': _chain('eps', 700.0, 70.0),
+          'eps_snr': _chain('eps', 10.0, 9.0, weighting='snr'),
+      },
+      'real_vs_real_fd': 6.0,
+  }
+  found = report_lib.findings(report, 64)['eps_degrades_when_distilled']
+  assert set(found['one_step_over_best_teacher_fd']) == {'x', 'eps', 'eps_snr'}
+  # The good eps teacher's chain stays closer to it than x's: not every eps
+  # chain degrades most, so the finding does not hold.
+  assert found['holds'] is False
+  report['chains']['eps_snr'] = _chain('eps', 40.0, 9.0, weighting='snr')
+  assert report_lib.findings(report, 64)['eps_degrades_when_distilled']['holds']
+  report_lib.plot(report, str(tmp_path / 'chains.png'))
+  assert (tmp_path / 'chains.png').stat().st_size > 0
