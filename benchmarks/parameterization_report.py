@@ -346,7 +346,7 @@ def _score_cell(score: dict | None) -> str:
 def plot(report: dict, path: str):
   """FD against steps: one solid line per chain's students, the same
   teacher's undistilled DDIM dashed in the same colour."""
-  fig = figure.Figure(figsize=(6.5, 4.2), dpi=120)
+  fig = figure.Figure(figsize=(8.5, 4.2), dpi=120)
   ax = fig.add_subplot()
   colours = {'x': 'C0', 'v': 'C1', 'both': 'C2', 'eps': 'C3'}
   for index, (key, chain) in enumerate(report['chains'].items()):
@@ -378,6 +378,7 @@ def plot(report: dict, path: str):
   ax.set_xlabel('sampling steps')
   ax.set_ylabel('FD (digits classifier features)')
   ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize=7)
+  # Beside the axes: inside, it would hide the top lines.
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path)
