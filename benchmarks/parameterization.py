@@ -74,6 +74,9 @@ class Budget:
   longer_final_rounds: the outputs whose chain is distilled again from the
     same teacher with the rounds to 2 and 1 step `final_rounds_multiplier`
     times as long (the paper's section 5.2: 2).
+  seed_runs, other_seeds: the teachers trained again with each of
+    `other_seeds` (config.seed; the table's are seed 0), scored with DDIM
+    at the table's step counts: the training-seed noise of the table.
   """
 
   config: str
@@ -86,6 +89,8 @@ class Budget:
   variance_fractions: tuple
   longer_final_rounds: tuple
   final_rounds_multiplier: int
+  seed_runs: tuple
+  other_seeds: tuple
 
 
 FULL = Budget(
@@ -102,6 +107,10 @@ FULL = Budget(
     variance_fractions=(0.0, 0.25, 0.5, 0.75, 1.0),
     longer_final_rounds=('v',),  # the embedded default's output
     final_rounds_multiplier=2,
+    # The embedded default's teacher and the best one under DDIM: one seed
+    # each tells whether the top rows' gaps exceed the seed noise.
+    seed_runs=(('v', 'snr_trunc'), ('eps', 'snr')),
+    other_seeds=(1, 2),
 )
 # configs/test.py: a few steps of a tiny network, 20 samples per entry.
 QUICK = Budget(
@@ -115,6 +124,8 @@ QUICK = Budget(
     variance_fractions=(0.0, 1.0),
     longer_final_rounds=('x',),
     final_rounds_multiplier=2,
+    seed_runs=(('x', 'snr_trunc'),),
+    other_seeds=(1,),
 )
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -164,6 +175,15 @@ def run_name(output: str, weighting: str) -> str:
 def longer_rounds_name(run: tuple, multiplier: int) -> str:
   """The workdir of `run`'s chain with longer final rounds."""
   return f'{run_name(*run)}_final_rounds_{multiplier}x'
+
+
+def seed_name(run: tuple, seed: int) -> str:
+  """The workdir of `run`'s teacher trained with config.seed=`seed`."""
+  return f'{run_name(*run)}_seed{seed}'
+
+
+def seed_overrides(seed: int) -> list:
+  return [f'--config.seed={seed}']
 
 
 def _log_path(root: str, name: str, mode: str) -> str:
@@ -290,10 +310,11 @@ def _run_main(budget, root, workdir, mode, run, extra=(), name=None) -> str:
   )
 
 
-def teacher_state(root: str, run: tuple) -> dict:
+def teacher_state(root: str, run: tuple, name: str | None = None) -> dict:
   """{'status': 'done' | 'diverged' | 'pending', 'skipped_updates': ...,
-  'diverged': read_stop's dict (when diverged)} of a teacher."""
-  name = run_name(*run)
+  'diverged': read_stop's dict (when diverged)} of a teacher (in ROOT/<name>,
+  default: the run's own workdir)."""
+  name = name or run_name(*run)
   log = _read(_log_path(root, name, 'train'))
   state = {'skipped_updates': skipped_updates(log)}
   if 0 in finished_models(os.path.join(root, name)):
@@ -407,6 +428,19 @@ def train_missing(budget: Budget, root: str, config):
   for run in teacher_runs(budget):
     if run not in chain_teachers:
       train(run)
+  for run in budget.seed_runs:
+    for seed in budget.other_seeds:
+      name = seed_name(run, seed)
+      if teacher_state(root, run, name)['status'] == 'pending':
+        _run_main(
+            budget,
+            root,
+            os.path.join(root, name),
+            'train',
+            run,
+            seed_overrides(seed),
+            name=name,
+        )
 
 
 def longer_rounds_overrides(budget: Budget, root: str, run: tuple) -> list:
@@ -658,7 +692,64 @@ def collect(budget: Budget, root: str, config) -> dict:
       else:
         entry['students'] = scores
     longer[output] = entry
-  return {'teachers': teachers, 'chains': chains, 'longer_final_rounds': longer}
+  return {
+      'teachers': teachers,
+      'chains': chains,
+      'longer_final_rounds': longer,
+      'seed_repeats': seed_repeats(budget, root, by_run),
+  }
+
+
+def seed_repeats(budget: Budget, root: str, by_run: dict) -> dict:
+  """{run name: {'status', 'ddim': {seed: {steps: score}}}} of each seed
+  run: seed 0 is the table's teacher, the others are scored with DDIM at
+  the table's step counts in their own workdirs."""
+  repeats = {}
+  for run in budget.seed_runs:
+    ddim = {}
+    if 'ddim' in by_run.get(run, {}):  # seed 0: the table's teacher
+      ddim[0] = {
+          n: score
+          for n, score in by_run[run]['ddim'].items()
+          if n in budget.table_ddim_steps
+      }
+    diverged = []
+    for seed in budget.other_seeds:
+      name = seed_name(run, seed)
+      state = teacher_state(root, run, name)
+      if state['status'] == 'diverged':
+        diverged.append(seed)
+      if state['status'] != 'done':
+        continue
+      overrides = seed_overrides(seed) + eval_overrides(
+          ddim_steps=budget.table_ddim_steps,
+          ancestral_steps=(),
+          reference_steps=max(budget.table_ddim_steps),
+      )
+      results = cached_eval(
+          budget,
+          root,
+          os.path.join(root, name),
+          run,
+          'teacher',
+          overrides,
+          name,
+      )
+      if results is not None:  # None: another process holds the workdir
+        ddim[seed] = {
+            row['num_steps']: _score(row)
+            for row in results['entries']
+            if row['method'] == 'ddim'
+        }
+    finished = len(ddim) + len(diverged) == 1 + len(budget.other_seeds)
+    repeats[run_name(*run)] = {
+        'output': run[0],
+        'weighting': run[1],
+        'status': 'done' if finished else 'pending',
+        'diverged_seeds': diverged,
+        'ddim': ddim,
+    }
+  return repeats
 
 
 def _versions() -> dict:
@@ -716,6 +807,7 @@ def main(argv):
           'ancestral_num_steps': budget.ancestral_num_steps,
           'variance_fractions': list(budget.variance_fractions),
           'final_rounds_multiplier': budget.final_rounds_multiplier,
+          'other_seeds': list(budget.other_seeds),
       },
       real_vs_real_fd=floors[0] if floors else None,
       pending=[
@@ -732,6 +824,11 @@ def main(argv):
           f'{output} chain with longer final rounds'
           for output, c in report['longer_final_rounds'].items()
           if c['status'] == 'pending'
+      ]
+      + [
+          f'{name} seeds'
+          for name, r in report['seed_repeats'].items()
+          if r['status'] == 'pending'
       ],
   )
   report['findings'] = report_lib.findings(report, budget.table_ddim_steps[0])

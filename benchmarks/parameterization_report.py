@@ -150,7 +150,42 @@ def findings(report: dict, table_steps: int) -> dict:
         ),
     }
   result['longer_final_rounds'] = _longer_final_rounds(report)
+  result['seed_noise'] = _seed_noise(report, table_steps)
   return result
+
+
+def _seed_noise(report: dict, steps: int) -> dict:
+  """The DDIM-`steps` FD of each teacher trained with several seeds: {'holds':
+  None (a measurement), 'fds': {run name: {seed: fd}}, 'spread': {run name:
+  (highest - lowest) / lowest}, 'detail': str}."""
+  fds, spread, parts = {}, {}, []
+  for name, repeat in report.get('seed_repeats', {}).items():
+    by_seed = {
+        seed: scores[steps]['fd']
+        for seed, scores in sorted(repeat['ddim'].items())
+        if scores.get(steps) and scores[steps]['fd'] is not None
+    }
+    if len(by_seed) < 2:
+      continue
+    fds[name] = by_seed
+    low, high, spread[name] = _spread(by_seed.values())
+    runs = f'{OUTPUT_NAMES[repeat["output"]]} + '
+    runs += WEIGHTING_NAMES[repeat['weighting']]
+    parts.append(
+        f'{runs}: {" / ".join(f"{fd:.2f}" for fd in by_seed.values())} over'
+        f' seeds {", ".join(str(seed) for seed in by_seed)} (spread'
+        f' {spread[name]:.0%})'
+    )
+  return {
+      'holds': None,
+      'fds': fds,
+      'spread': spread,
+      'detail': (
+          f'DDIM-{steps} FD, ' + '; '.join(parts)
+          if parts
+          else 'no teacher scored with more than one seed'
+      ),
+  }
 
 
 def _fd_note(teacher: dict, steps: int) -> str:
@@ -264,6 +299,8 @@ def markdown(report: dict) -> str:
       'when distilled to 1 step: '
       f'{_verdict(found["eps_degrades_when_distilled"])}.',
       '',
+      f'Training-seed noise: {found["seed_noise"]["detail"]}.',
+      '',
       (
           'Distillation chains (FD; accuracy in parentheses), each with '
           'undistilled DDIM of the same teacher:'
@@ -292,15 +329,23 @@ def markdown(report: dict) -> str:
       )
     lines.append(row)
   lines += _longer_rounds_lines(report)
-  not_done = [
-      f'{OUTPUT_NAMES[c["output"]]} chain: {c["status"]}'
-      for c in chains.values()
-      if c['status'] != 'done'
-  ] + [
-      f'{t["output"]}_{t["weighting"]}: pending'
-      for t in report['teachers']
-      if t['status'] == 'pending'
-  ]
+  not_done = (
+      [
+          f'{OUTPUT_NAMES[c["output"]]} chain: {c["status"]}'
+          for c in chains.values()
+          if c['status'] != 'done'
+      ]
+      + [
+          f'{t["output"]}_{t["weighting"]}: pending'
+          for t in report['teachers']
+          if t['status'] == 'pending'
+      ]
+      + [
+          f'{name} with other seeds: pending'
+          for name, repeat in report.get('seed_repeats', {}).items()
+          if repeat['status'] != 'done'
+      ]
+  )
   if not_done:
     lines += ['', 'Not finished when scored: ' + '; '.join(not_done) + '.']
   return '\n'.join(lines) + '\n'

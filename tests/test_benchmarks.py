@@ -183,6 +183,7 @@ def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
       'v_snr_trunc',
       'x chain',
       'x chain with longer final rounds',
+      'x_snr_trunc seeds',
   ]
 
   result = _parameterization(root, out)
@@ -224,6 +225,14 @@ def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
       report['chains']['x']['students']['1']['fd'],
       longer['students']['1']['fd'],
   ]
+  # The x teacher again with seed 1, scored with DDIM at the table's steps
+  # beside the table's own (seed 0).
+  seeds = report['seed_repeats']['x_snr_trunc']
+  assert seeds['status'] == 'done' and set(seeds['ddim']) == {'0', '1'}
+  assert seeds['ddim']['0'] == {n: x_teacher['ddim'][n] for n in ('2', '4')}
+  assert set(seeds['ddim']['1']) == {'2', '4'}
+  assert seeds['ddim']['1']['4']['fd'] != seeds['ddim']['0']['4']['fd']
+  assert set(report['findings']['seed_noise']['fds']) == {'x_snr_trunc'}
   # No ε + truncated SNR teacher in --quick: that finding stays open.
   assert report['findings']['eps_truncated_snr_diverges']['holds'] is None
   table = (out / 'parameterization_quick.md').read_text()
@@ -240,3 +249,4 @@ def test_parameterization_quick_trains_scores_and_resumes(tmp_path):
   assert rerun['teachers'] == report['teachers']
   assert rerun['chains'] == report['chains']
   assert rerun['longer_final_rounds'] == report['longer_final_rounds']
+  assert rerun['seed_repeats'] == report['seed_repeats']

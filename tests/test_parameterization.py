@@ -174,3 +174,32 @@ def test_an_extra_eps_chain_counts_for_the_distillation_finding(tmp_path):
   assert report_lib.findings(report, 64)['eps_degrades_when_distilled']['holds']
   report_lib.plot(report, str(tmp_path / 'chains.png'))
   assert (tmp_path / 'chains.png').stat().st_size > 0
+
+
+def test_the_seed_noise_is_each_repeated_teachers_spread():
+  score = lambda fd: {64: {'fd': fd, 'accuracy': 0.9, 'nonfinite': False}}  # noqa: E731
+  report = {
+      'teachers': [_teacher('v', 'snr_trunc', 8.0)],
+      'chains': {},
+      'seed_repeats': {
+          'v_snr_trunc': {
+              'output': 'v',
+              'weighting': 'snr_trunc',
+              'status': 'done',
+              'ddim': {0: score(8.0), 1: score(8.8), 2: score(8.4)},
+          },
+          'eps_snr': {  # one seed scored so far: no spread yet
+              'output': 'eps',
+              'weighting': 'snr',
+              'status': 'pending',
+              'ddim': {0: score(8.3)},
+          },
+      },
+  }
+  found = report_lib.findings(report, 64)['seed_noise']
+  assert found['fds'] == {'v_snr_trunc': {0: 8.0, 1: 8.8, 2: 8.4}}
+  assert abs(found['spread']['v_snr_trunc'] - 0.1) < 1e-9
+  assert found['detail'] == (
+      'DDIM-64 FD, v + truncated SNR: 8.00 / 8.80 / 8.40 over seeds 0, 1, 2'
+      ' (spread 10%)'
+  )
