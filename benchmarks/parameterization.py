@@ -4,8 +4,9 @@ Trains a teacher for each output ('both', 'x', 'eps', 'v') and loss
 weighting ('snr', 'snr_trunc', 'v_mse' = SNR+1) at the embedded default's
 budget, distills five of them 64 -> 1 ('x', 'v', 'both' with truncated
 SNR, 'eps' with it too unless it diverged, else with SNR+1, and 'eps' with
-SNR), and scores them. Every run is the main command with overrides, in
-<workdir_root>/<output>_<weighting>:
+SNR), trains two teachers again with other seeds (their spread is the
+table's seed noise), and scores them. Every run is the main command with
+overrides, in <workdir_root>/<output>_<weighting>[_seed<N>]:
 
   python -m diffusion_distillation.main --config=configs/digits.py \\
       --workdir=ROOT/x_snr_trunc --mode=train|distill \\
