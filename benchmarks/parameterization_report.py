@@ -156,9 +156,10 @@ def findings(report: dict, table_steps: int) -> dict:
 
 def _seed_noise(report: dict, steps: int) -> dict:
   """The DDIM-`steps` FD of each teacher trained with several seeds: {'holds':
-  None (a measurement), 'fds': {run name: {seed: fd}}, 'spread': {run name:
-  (highest - lowest) / lowest}, 'detail': str}."""
-  fds, spread, parts = {}, {}, []
+  None (a measurement), 'fds': {run name: {seed: fd}}, 'mean': {run name:
+  mean FD}, 'spread': {run name: (highest - lowest) / lowest}, 'detail':
+  str}."""
+  fds, mean, spread, parts = {}, {}, {}, []
   for name, repeat in report.get('seed_repeats', {}).items():
     by_seed = {
         seed: scores[steps]['fd']
@@ -168,17 +169,19 @@ def _seed_noise(report: dict, steps: int) -> dict:
     if len(by_seed) < 2:
       continue
     fds[name] = by_seed
+    mean[name] = sum(by_seed.values()) / len(by_seed)
     low, high, spread[name] = _spread(by_seed.values())
     runs = f'{OUTPUT_NAMES[repeat["output"]]} + '
     runs += WEIGHTING_NAMES[repeat['weighting']]
     parts.append(
         f'{runs}: {" / ".join(f"{fd:.2f}" for fd in by_seed.values())} over'
-        f' seeds {", ".join(str(seed) for seed in by_seed)} (spread'
-        f' {spread[name]:.0%})'
+        f' seeds {", ".join(str(seed) for seed in by_seed)} (mean'
+        f' {mean[name]:.2f}, spread {spread[name]:.0%})'
     )
   return {
       'holds': None,
       'fds': fds,
+      'mean': mean,
       'spread': spread,
       'detail': (
           f'DDIM-{steps} FD, ' + '; '.join(parts)

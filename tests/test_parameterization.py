@@ -199,7 +199,8 @@ def test_the_seed_noise_is_each_repeated_teachers_spread():
   found = report_lib.findings(report, 64)['seed_noise']
   assert found['fds'] == {'v_snr_trunc': {0: 8.0, 1: 8.8, 2: 8.4}}
   assert abs(found['spread']['v_snr_trunc'] - 0.1) < 1e-9
+  assert abs(found['mean']['v_snr_trunc'] - 8.4) < 1e-9
   assert found['detail'] == (
       'DDIM-64 FD, v + truncated SNR: 8.00 / 8.80 / 8.40 over seeds 0, 1, 2'
-      ' (spread 10%)'
+      ' (mean 8.40, spread 10%)'
   )
