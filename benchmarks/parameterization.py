@@ -76,7 +76,7 @@ class Budget:
     same teacher with the rounds to 2 and 1 step `final_rounds_multiplier`
     times as long (the paper's section 5.2: 2).
   seed_runs, other_seeds: the teachers trained again with each of
-    `other_seeds` (config.seed; the table's are seed 0), scored with DDIM
+    `other_seeds` (config.seed; the table's use the config's), scored with DDIM
     at the table's step counts: the training-seed noise of the table.
   """
 
@@ -697,19 +697,21 @@ def collect(budget: Budget, root: str, config) -> dict:
       'teachers': teachers,
       'chains': chains,
       'longer_final_rounds': longer,
-      'seed_repeats': seed_repeats(budget, root, by_run),
+      'seed_repeats': seed_repeats(budget, root, by_run, config.seed),
   }
 
 
-def seed_repeats(budget: Budget, root: str, by_run: dict) -> dict:
+def seed_repeats(
+    budget: Budget, root: str, by_run: dict, table_seed: int
+) -> dict:
   """{run name: {'status', 'ddim': {seed: {steps: score}}}} of each seed
-  run: seed 0 is the table's teacher, the others are scored with DDIM at
-  the table's step counts in their own workdirs."""
+  run: `table_seed` (the config's) is the table's teacher, the others are
+  scored with DDIM at the table's step counts in their own workdirs."""
   repeats = {}
   for run in budget.seed_runs:
     ddim = {}
-    if 'ddim' in by_run.get(run, {}):  # seed 0: the table's teacher
-      ddim[0] = {
+    if 'ddim' in by_run.get(run, {}):
+      ddim[table_seed] = {
           n: score
           for n, score in by_run[run]['ddim'].items()
           if n in budget.table_ddim_steps
