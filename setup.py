@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.11.39,<0.13",
     "tensorflow-datasets>=4.9.9,<5",
+    # tfds imports it to prepare any dataset but declares it only for
+    # Python < 3.9 (tensorflow/datasets#11212).
+    "importlib_resources>=5",
     # clu's TensorBoard writer and the tfds pipelines load TensorFlow.
     # `tensorflow`, not `tensorflow-cpu`: Colab has the former, and pip would
     # install the latter beside it.

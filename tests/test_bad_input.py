@@ -143,7 +143,7 @@ def test_unprepared_tfds_data_is_reported_without_tfds_warnings(
 ):
   config = cifar10.get_config()
   config.dataset.data_dir = str(tmp_path / 'empty')
-  with pytest.raises(errors.InputError, match='tfds build cifar10'):
+  with pytest.raises(errors.InputError, match='data.prepare cifar10'):
     input_pipeline.check_prepared(config.dataset)
   assert not [r for r in caplog.records if 'Variant folder' in r.getMessage()]
 
@@ -168,7 +168,7 @@ def test_unprepared_tfds_data_is_reported_without_tfds_warnings(
                 '--config.dataset.data_dir={tmp}/empty',
                 '--workdir={tmp}/w',
             ],
-            'tfds build cifar10',
+            'data.prepare cifar10',
         ),
         (
             [

@@ -13,13 +13,17 @@ from diffusion_distillation.runs import config_checks
 from diffusion_distillation.utils import errors
 from tests.conftest import tiny_config
 
-# name -> (image_size, number of classes; 0 = no labels)
+# name -> (image_size, number of classes (0 = no labels), channels)
 DATASETS = {
-    'cifar10': (32, 10),
-    'imagenet2012': (64, 1000),
-    'lsun/bedroom': (128, 0),
-    'lsun/church_outdoor': (128, 0),
+    'cifar10': (32, 10, 3),
+    'fashion_mnist': (28, 10, 1),
+    'imagenet2012': (64, 1000, 3),
+    'lsun/bedroom': (128, 0, 3),
+    'lsun/church_outdoor': (128, 0, 3),
 }
+
+
+_PREPARE = 'python -m diffusion_distillation.data.prepare'
 
 
 def _dataset_config(name, **overrides):
@@ -43,7 +47,7 @@ def _batch(stream, step=0, **kwargs):
 
 @pytest.mark.parametrize('name', sorted(DATASETS))
 def test_batches_have_the_in_memory_layout(name):
-  size, num_classes = DATASETS[name]
+  size, num_classes, channels = DATASETS[name]
   with tfds.testing.mock_data(num_examples=16):
     images, labels = _batch(
         input_pipeline.TfdsStream(_dataset_config(name)),
@@ -51,7 +55,7 @@ def test_batches_have_the_in_memory_layout(name):
         process_index=1,
         process_count=2,
     )
-  assert images.shape == (2, 4, size, size, 3)  # [substeps, B_local, ...]
+  assert images.shape == (2, 4, size, size, channels)  # [K, B_local, ...]
   assert images.dtype == np.float32
   assert -1.0 <= images.min() < 0.0 < images.max() <= 1.0
   assert labels.shape == (2, 4) and labels.dtype == np.int32
@@ -138,9 +142,9 @@ def test_each_process_reads_its_own_split_and_order():
   assert not np.array_equal(orders[0], orders[1])  # seeded by process index
 
 
-@pytest.mark.parametrize('name', ['cifar10', 'imagenet2012'])
+@pytest.mark.parametrize('name', ['cifar10', 'fashion_mnist', 'imagenet2012'])
 def test_reference_images_are_the_split_in_order_unflipped(name):
-  size = DATASETS[name][0]
+  size, _, channels = DATASETS[name]
   config = _dataset_config(name)
   with tfds.testing.mock_data(num_examples=12):
     images = input_pipeline.reference_images(config, 10, batch_size=4)
@@ -150,9 +154,10 @@ def test_reference_images_are_the_split_in_order_unflipped(name):
     )
     with pytest.raises(errors.InputError, match='holds 12 images, fewer than'):
       input_pipeline.reference_images(config, 13)
-  assert images.shape == (10, size, size, 3) and images.dtype == np.uint8
+  assert images.shape == (10, size, size, channels)
+  assert images.dtype == np.uint8
   np.testing.assert_array_equal(images, again)
-  if name == 'cifar10':  # stored at its size: the pixels as they are
+  if name != 'imagenet2012':  # stored at its size: the pixels as they are
     np.testing.assert_array_equal(images[0], first['image'].numpy())
 
 
@@ -215,15 +220,40 @@ def test_random_flip_is_seeded_and_flips_about_half():
   assert 160 < len(flipped) < 240
 
 
+@pytest.mark.parametrize('name', ['cifar10', 'fashion_mnist'])
+def test_only_the_datasets_without_a_handedness_are_flipped(name):
+  size, _, channels = DATASETS[name]
+  ramp = np.tile(np.arange(size, dtype=np.uint8), (size, 1))  # left dark
+  image = np.repeat(ramp[..., None], channels, axis=-1)
+  example = {'image': tf.io.encode_png(image), 'label': tf.constant(3)}
+  flips = 0
+  for index in range(40):
+    out = input_pipeline.preprocess(
+        example, tf.constant([7, index], tf.int64), name=name, image_size=size
+    )
+    assert out['image'].shape == (size, size, channels)
+    flips += not np.array_equal(out['image'].numpy(), image)
+  # cifar10 flips about half; Fashion-MNIST's shoes all face left: never.
+  assert (flips > 5) if name == 'cifar10' else flips == 0
+
+
 @pytest.mark.parametrize(
     'name,expected',
     [
-        ('cifar10', 'tfds build cifar10 --data_dir={}'),
-        ('lsun/bedroom', 'tfds build lsun/bedroom --data_dir={}'),
+        ('cifar10', f'Prepare it with: {_PREPARE} cifar10 --data_dir={{}}'),
+        (
+            'fashion_mnist',
+            (
+                'Prepare it offline with: apt-get install '
+                f'dataset-fashion-mnist && {_PREPARE} fashion_mnist '
+                '--data_dir={}'
+            ),
+        ),
+        ('lsun/bedroom', f'{_PREPARE} lsun/bedroom --data_dir={{}}'),
         (
             'imagenet2012',
             (
-                'place them in /tars and run: tfds build imagenet2012 '
+                f'place them in /tars and run: {_PREPARE} imagenet2012 '
                 '--data_dir={} --manual_dir=/tars'
             ),
         ),
@@ -257,6 +287,14 @@ def test_a_dataset_that_is_not_prepared_names_the_command(
         (
             {'dataset.name': 'cifar10', 'dataset.image_size': 32},
             'cifar10 images are RGB; set it to 3',
+        ),
+        (
+            {
+                'dataset.name': 'fashion_mnist',
+                'dataset.image_size': 28,
+                'dataset.channels': 3,
+            },
+            'fashion_mnist images are grayscale; set it to 1',
         ),
         (
             {

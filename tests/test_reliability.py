@@ -392,7 +392,7 @@ def test_unprepared_tfds_data_writes_nothing(tmp_path):
   config = cifar10.get_config()
   config.dataset.data_dir = str(tmp_path / 'empty')
   workdir = str(tmp_path / 'w')
-  with pytest.raises(errors.InputError, match='tfds build cifar10'):
+  with pytest.raises(errors.InputError, match='data.prepare cifar10'):
     pipeline.run_mode(config, workdir, 'train')
   assert not os.path.exists(workdir)
 

@@ -76,14 +76,31 @@ def load_digits(
 
 IN_MEMORY_DATASETS = ('digits',)
 
-# tfds names that `input_pipeline` streams -> (native image size, or None when
-# it crops and resizes to dataset.image_size; number of classes, 0 when the
-# dataset has no labels).
+
+class TfdsDataset(NamedTuple):
+  """What the pipeline and the config checks know of a tfds dataset.
+
+  image_size: the stored size, or None when the pipeline crops and resizes
+    to dataset.image_size.
+  num_classes: 0 when the dataset has no labels.
+  channels: 3 (RGB) or 1 (grayscale).
+  random_flip: whether training flips images left-right (input_pipeline.py
+    says why Fashion-MNIST is not flipped).
+  """
+
+  image_size: int | None
+  num_classes: int
+  channels: int
+  random_flip: bool
+
+
+# The tfds datasets that `input_pipeline` streams.
 TFDS_DATASETS = {
-    'cifar10': (32, 10),
-    'imagenet2012': (None, 1000),
-    'lsun/bedroom': (None, 0),
-    'lsun/church_outdoor': (None, 0),
+    'cifar10': TfdsDataset(32, 10, 3, True),
+    'fashion_mnist': TfdsDataset(28, 10, 1, False),
+    'imagenet2012': TfdsDataset(None, 1000, 3, True),
+    'lsun/bedroom': TfdsDataset(None, 0, 3, True),
+    'lsun/church_outdoor': TfdsDataset(None, 0, 3, True),
 }
 
 

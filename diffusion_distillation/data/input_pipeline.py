@@ -1,6 +1,7 @@
 """Training data streamed from tensorflow-datasets, preprocessed as the release.
 
   cifar10              32x32 as stored; random horizontal flip
+  fashion_mnist        28x28x1 grayscale as stored; no flip (below)
   imagenet2012         central square crop on the long side, area resize to
                        dataset.image_size (64 in the paper), random flip;
                        int32 class labels
@@ -23,10 +24,18 @@ interrupted run would have read; parameters, optimizer state and random keys
 still resume exactly. For a fixed seed and start step the stream is
 deterministic: file order, shuffle and flips are all seeded.
 
+Fashion-MNIST is not flipped, unlike the paper's datasets: its three
+footwear classes (sandal, sneaker, ankle boot) face left in every image (the
+class means differ from their mirror images by 58-99 % of their mean
+intensity, every other class's by under 10 %). Flipped shoes would teach the
+model images the data never holds, and the FD against the test set
+(evaluation/) would count them against it. No other augmentation: the
+paper used none but the flip.
+
 The pipeline never downloads or prepares data (ImageNet must be downloaded by
 hand, LSUN is tens of GB, and every host of a multi-host run would race to
 write the same files): a dataset that is not prepared under dataset.data_dir
-stops the run with the `tfds build` command that prepares it.
+stops the run with the command that prepares it (`data/prepare.py`).
 """
 
 import logging as logging_lib
@@ -38,6 +47,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import prepare
 from diffusion_distillation.utils import errors
 
 
@@ -84,14 +94,16 @@ RESIZE_METHODS = {
 
 def decode_and_resize(example: dict, *, name: str, image_size: int):
   """One tfds example, image still encoded -> float32 [image_size,
-  image_size, 3] in [0, 255], cropped and resized as the release did."""
+  image_size, C] in [0, 255] (C: the dataset's channels), cropped and
+  resized as the release did."""
+  channels = data.TFDS_DATASETS[name].channels
   image = tf.io.decode_image(
-      example['image'], channels=3, expand_animations=False
+      example['image'], channels=channels, expand_animations=False
   )
   if name in RESIZE_METHODS:
     return resize(central_square_crop(image), image_size, RESIZE_METHODS[name])
   return tf.cast(
-      tf.ensure_shape(image, [image_size, image_size, 3]), tf.float32
+      tf.ensure_shape(image, [image_size, image_size, channels]), tf.float32
   )
 
 
@@ -99,7 +111,7 @@ def preprocess(
     example: dict, seed: tf.Tensor, *, name: str, image_size: int
 ) -> dict:
   """One tfds example, image still encoded -> {'image': float32
-  [image_size, image_size, 3] in [0, 255], 'label': int32 (0 for datasets
+  [image_size, image_size, C] in [0, 255], 'label': int32 (0 for datasets
   without labels)}.
 
   Images are decoded here, after the shuffle, so that the shuffle buffer
@@ -116,24 +128,31 @@ def preprocess(
       if 'label' in example
       else (tf.zeros((), tf.int32))
   )
-  return {'image': random_flip(image, seed), 'label': label}
+  if data.TFDS_DATASETS[name].random_flip:
+    image = random_flip(image, seed)
+  return {'image': image, 'label': label}
 
 
 def _not_prepared_message(dataset: ml_collections.ConfigDict, builder) -> str:
-  data_dir = f' --data_dir={dataset.data_dir}' if dataset.data_dir else ''
   where = (
       f'Dataset {dataset.name} is not prepared in {builder.data_dir} '
       '(set dataset.data_dir to where it is)'
   )
+  command = prepare.prepare_command(dataset.name, dataset.data_dir)
   if dataset.name == 'imagenet2012':
     manual_dir = dataset.get('manual_dir') or '<dir>'
     return (
         f'{where}. Download ILSVRC2012_img_train.tar and '
         'ILSVRC2012_img_val.tar from https://image-net.org (registration '
-        f'needed), place them in {manual_dir} and run: tfds build '
-        f'imagenet2012{data_dir} --manual_dir={manual_dir}'
+        f'needed), place them in {manual_dir} and run: {command} '
+        f'--manual_dir={manual_dir}'
     )
-  return f'{where}. Prepare it with: tfds build {dataset.name}{data_dir}'
+  if dataset.name == 'fashion_mnist':
+    return (
+        f'{where}. Prepare it offline with: {prepare.APT_FASHION_MNIST} && '
+        f'{command}'
+    )
+  return f'{where}. Prepare it with: {command}'
 
 
 def _train_split(dataset: ml_collections.ConfigDict, builder, **as_dataset):

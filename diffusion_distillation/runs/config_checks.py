@@ -84,17 +84,18 @@ def check_dataset(dataset: ml_collections.ConfigDict):
     )
   if dataset.name not in data.TFDS_DATASETS:
     return
-  native_size, num_classes = data.TFDS_DATASETS[dataset.name]
+  native_size, num_classes, channels, _ = data.TFDS_DATASETS[dataset.name]
   if native_size and dataset.image_size != native_size:
     raise errors.InputError(
         f'dataset.image_size={dataset.image_size}, but '
         f'{dataset.name} images are {native_size}x{native_size}; '
         f'set it to {native_size}.'
     )
-  if dataset.channels != 3:
+  if dataset.channels != channels:
+    kind = 'RGB' if channels == 3 else 'grayscale'
     raise errors.InputError(
         f'dataset.channels={dataset.channels}, but '
-        f'{dataset.name} images are RGB; set it to 3.'
+        f'{dataset.name} images are {kind}; set it to {channels}.'
     )
   if dataset.class_conditional and not num_classes:
     raise errors.InputError(
