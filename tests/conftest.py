@@ -160,3 +160,21 @@ TWO_CPU_DEVICES = {
         '--xla_force_host_platform_device_count=2'
     )
 }
+
+
+# The tests that read the real Fashion-MNIST files skip without them.
+needs_debian_fashion_mnist = pytest.mark.skipif(
+    not os.path.isdir('/usr/share/datasets/fashion-mnist'),
+    reason='needs apt-get install dataset-fashion-mnist',
+)
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_data_dir(tmp_path_factory):
+  """A tfds data_dir with fashion_mnist prepared from Debian's files, once
+  per test session (about 20 s)."""
+  from diffusion_distillation.data import prepare
+
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  prepare.prepare('fashion_mnist', data_dir=data_dir)
+  return data_dir

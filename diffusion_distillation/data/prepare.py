@@ -89,7 +89,7 @@ def restore_upstream_gzip(source: str, destination: str):
   ):
     raise errors.InputError(
         f'{source} is not a gzip file; reinstall it with: '
-        f'apt-get install --reinstall dataset-fashion-mnist'
+        'apt-get install --reinstall dataset-fashion-mnist'
     )
   if header[3] != 0:
     raise errors.InputError(
@@ -121,17 +121,21 @@ def _download_config(manual_dir: str | None):
   return tfds.download.DownloadConfig(manual_dir=manual_dir)
 
 
-def _download_and_prepare(builder, manual_dir: str | None):
+def _download_and_prepare(builder, manual_dir: str | None, fix: str):
   """builder.download_and_prepare with the errors a user can fix in one
-  line."""
-  import tensorflow_datasets as tfds
+  line; `fix` says what to do about a file that fails its checksum."""
+  from tensorflow_datasets.core.download import download_manager
 
   try:
     builder.download_and_prepare(download_config=_download_config(manual_dir))
-  except tfds.download.NonMatchingChecksumError as e:
+  except download_manager.NonMatchingChecksumError as e:
+    # tfds's message names the URL and a temporary path; the file's name is
+    # what the user knows.
+    words = str(e).split()
+    url = words[1].rstrip(',') if len(words) > 1 else ''
     raise errors.InputError(
-        f'{builder.name}: a file does not match tfds\'s registered checksum '
-        f'({str(e).strip().splitlines()[0]}); delete it and prepare again.'
+        f'{builder.name}: {url.rsplit("/", 1)[-1] or "a file"} does not match '
+        f"tfds's registered size and sha256; {fix}."
     ) from None
   except AssertionError as e:  # tfds's "manual_dir is empty" and the like
     raise errors.InputError(
@@ -174,12 +178,22 @@ def prepare(
     ) from None
   if builder.is_prepared():
     return str(builder.data_dir)
+  tfds.disable_progress_bar()
   if name == 'fashion_mnist' and not manual_dir and os.path.isdir(debian_dir):
     with tempfile.TemporaryDirectory(prefix='fashion_mnist_') as restored:
       restore_fashion_mnist(debian_dir, restored)
-      _download_and_prepare(builder, restored)
+      _download_and_prepare(
+          builder,
+          restored,
+          'reinstall it with: apt-get install --reinstall '
+          f'dataset-fashion-mnist (its files are read from {debian_dir})',
+      )
   else:
-    _download_and_prepare(builder, manual_dir or None)
+    _download_and_prepare(
+        builder,
+        manual_dir or None,
+        'delete the file and prepare again',
+    )
   return str(builder.data_dir)
 
 
