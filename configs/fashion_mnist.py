@@ -101,5 +101,13 @@ def get_config():
       teacher_num_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256),  # DDIM
       ancestral_num_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256),
       reference_num_steps=256,  # "the teacher with many steps" for fidelity
+      # FD, precision and recall are measured in the features of a
+      # classifier trained on the train split (evaluation/
+      # reference_network.py: 0.909 test accuracy), against the 10,000 test
+      # images. 0: its own training length; fewer only for quick tests.
+      classifier_train_steps=0,
+      # Each entry's samples also go to <workdir>/eval/samples/ in the ADM
+      # layout (RGB), for standard FID with InceptionV3 elsewhere.
+      save_samples=True,
   )
   return config

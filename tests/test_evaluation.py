@@ -94,6 +94,8 @@ def _results():
       num_steps=n,
       name='x',
       fd=fd,
+      precision=0.8,
+      recall=0.7,
       class_accuracy=0.5,
       classifier_score=2.0,
       distilled_from=None,
@@ -114,7 +116,7 @@ def _results():
       'real_vs_real_count': 20,
       'real_test_count': 359,
       'num_samples': 20,
-      'reference_network': {'test_accuracy': 0.99},
+      'reference_network': {'name': 'digits_classifier', 'test_accuracy': 0.99},
   }
 
 
@@ -126,7 +128,10 @@ def test_written_results_table_and_plot(tmp_path):
   assert written['entries'][3]['fidelity_to_teacher']['psnr'] == 'inf'
   with open(paths['results.md']) as f:
     table = f.read().splitlines()
-  assert table[2] == '| 1 | 4.000 | 9.000 |  | 0.500 | 0.500 | inf |'
+  assert table[2] == (
+      '| 1 | 4.000 | 9.000 |  | 0.800 | 0.700 | 0.800 | 0.700 | 0.500 | 0.500 '
+      '| inf |'
+  )
   assert table[3].startswith('| 4 |  | 3.000 | 5.000 |')
   assert os.path.getsize(paths['fd_vs_steps.png']) > 1000
 

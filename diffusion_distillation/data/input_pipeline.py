@@ -155,7 +155,7 @@ def _not_prepared_message(dataset: ml_collections.ConfigDict, builder) -> str:
   return f'{where}. Prepare it with: {command}'
 
 
-def _train_split(dataset: ml_collections.ConfigDict, builder, **as_dataset):
+def _read_split(dataset: ml_collections.ConfigDict, builder, **as_dataset):
   """builder.as_dataset(split, ...), or InputError with the command that
   prepares the data when it is not prepared under dataset.data_dir."""
   try:
@@ -181,7 +181,7 @@ def check_prepared(dataset: ml_collections.ConfigDict):
   absl_logger.addFilter(_not_a_missing_variant_warning)
   try:
     builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
-    _train_split(dataset, builder, split='train')
+    _read_split(dataset, builder, split='train')
   finally:
     absl_logger.removeFilter(_not_a_missing_variant_warning)
 
@@ -199,7 +199,7 @@ def reference_images(
     errors.InputError when the split holds fewer images.
   """
   builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
-  ds = _train_split(dataset, builder, split='train', shuffle_files=False)
+  ds = _read_split(dataset, builder, split='train', shuffle_files=False)
   ds = ds.take(num_images).map(
       lambda example: decode_and_resize(
           example, name=dataset.name, image_size=dataset.image_size
@@ -220,6 +220,43 @@ def reference_images(
         f'eval.reference_num_images={num_images}; set it to at most {count}.'
     )
   return np.concatenate(images)
+
+
+def load_split(name: str, split: str, *, data_dir: str = '') -> data.Dataset:
+  """A whole split of a dataset stored at its size (Fashion-MNIST, CIFAR-10)
+  in memory, in file order: images [N, S, S, C] in [-1, 1], labels [N].
+
+  For the datasets small enough to hold (Fashion-MNIST's 60,000 train images
+  take 188 MB as float32): a reference classifier's training data and the
+  test images samples are compared with (evaluation/reference_network.py).
+
+  Raises:
+    errors.InputError with the command that prepares the data when it is
+    not prepared under `data_dir`.
+  """
+  info = data.TFDS_DATASETS[name]
+  dataset = ml_collections.ConfigDict(dict(name=name, data_dir=data_dir))
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  ds = _read_split(dataset, builder, split=split, shuffle_files=False)
+  ds = ds.map(
+      lambda example: {
+          'image': decode_and_resize(
+              example, name=name, image_size=info.image_size
+          ),
+          'label': tf.cast(example['label'], tf.int32),
+      },
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options).batch(10_000).prefetch(tf.data.AUTOTUNE)
+  batches = list(ds.as_numpy_iterator())
+  return data.Dataset(
+      images=data.uint8_to_unit_interval(
+          np.concatenate([b['image'] for b in batches])
+      ),
+      labels=np.concatenate([b['label'] for b in batches]),
+  )
 
 
 def stream_seeds(seed: int, step: int, process_index: int) -> tuple:
@@ -263,7 +300,7 @@ def train_dataset(
   split = tfds.split_for_jax_process(
       'train', process_index=process_index, process_count=process_count
   )
-  ds = _train_split(
+  ds = _read_split(
       dataset,
       builder,
       split=split,

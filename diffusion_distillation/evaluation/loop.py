@@ -17,11 +17,14 @@ ADM evaluator do, on the samples rounded to uint8 (`fid.py`):
                      reference images.
 
 InceptionV3 weights are the user's file, eval.inception_weights
-(`inception.py`). The bundled digits have no Inception; they are scored with
-a small reference classifier (reference_network.py):
+(`inception.py`). The bundled digits and Fashion-MNIST are scored without
+Inception, with a small reference classifier of their own
+(reference_network.py):
 
   fd                 Fréchet distance to the held-out real test split in the
                      reference network's feature space (lower is better);
+  precision, recall  improved precision and recall, k = 3, against the test
+                     split in the same features;
   class_accuracy     the reference classifier's accuracy on the samples
                      against the labels they were asked for;
   classifier_score   the Inception Score formula with the reference
@@ -32,9 +35,13 @@ a small reference classifier (reference_network.py):
   fidelity_to_reference  MSE / PSNR against the original teacher with
                          eval.reference_num_steps DDIM steps;
 
-with a floor: the FD of as many real training images as samples against
-the same test split. Results go to <workdir>/eval/results.json (+
-results.md, fd_vs_steps.png; eval_report.py).
+with a floor: the FD (precision, recall) of as many real training images as
+samples against the same test split. Results go to
+<workdir>/eval/results.json (+ results.md, fd_vs_steps.png; report.py).
+With eval.save_samples, each entry's samples also go to
+<workdir>/eval/samples/<entry>.npz in the ADM evaluator's layout (uint8
+[N, H, W, 3], grayscale repeated to RGB; arr_1 the labels), so standard FID
+can be computed elsewhere (`fid.py`, the ADM evaluator).
 
 One loop serves both kinds of eval, this one and guided configs'
 (guided/evaluation.py): `score` samples each entry once (`Samples`) and
@@ -43,6 +50,7 @@ whose `run(entry, x)` returns the row's scores.
 """
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,8 +61,8 @@ from absl import logging
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation.data import datasets as data
 from diffusion_distillation.evaluation import inception
+from diffusion_distillation.evaluation import reference_network
 from diffusion_distillation.evaluation import report as eval_report
 from diffusion_distillation.evaluation import scorers as eval_scorers
 from diffusion_distillation.runs import workdir as workdir_lib
@@ -176,7 +184,7 @@ def check_can_evaluate(config, workdir) -> list:
         'This config has no eval section; --mode=eval needs one (see '
         'configs/digits.py and configs/cifar10.py).'
     )
-  if config.dataset.name not in data.IN_MEMORY_DATASETS and not (
+  if config.dataset.name not in reference_network.SETTINGS and not (
       config.eval.get('inception_weights')
   ):
     raise errors.InputError(
@@ -283,24 +291,89 @@ _HEADLINE = (
 )
 
 
+class RowCache:
+  """Each scored row kept in <workdir>/eval/rows/<entry>.json, with what it
+  was scored from (the entry, its model's metadata, the eval, sample and
+  dataset settings): a rerun of an eval cut short takes the rows whose
+  sources are the same and scores only the rest. The samples are not kept,
+  so an entry compared with a cached one samples that one again (the same
+  noise gives the same samples)."""
+
+  VERSION = 1  # bump when a scorer changes what a row holds
+
+  def __init__(self, run):
+    self._run = run
+    self._folder = files.as_path(workdir_lib.eval_dir(run.workdir)) / 'rows'
+
+  def _source(self, entry: Entry) -> dict:
+    config = self._run.config
+    return {
+        'version': self.VERSION,
+        'entry': entry.describe(),
+        'model': workdir_lib.model_meta(self._run.workdir, entry.model_steps),
+        'eval': config.eval.to_dict(),
+        'sample': config.sample.to_dict(),
+        'dataset': config.dataset.to_dict(),
+    }
+
+  def _path(self, entry: Entry):
+    return self._folder / f'{entry.name}.json'
+
+  def get(self, entry: Entry) -> dict | None:
+    """The kept row of `entry` if it was scored from the same sources."""
+    path = self._path(entry)
+    if not path.exists():
+      return None
+    try:
+      kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+      return None  # unreadable: scored again and rewritten
+    source = json.loads(json.dumps(self._source(entry)))  # tuples as lists
+    return kept['row'] if kept.get('source') == source else None
+
+  def put(self, entry: Entry, row: dict):
+    if jax.process_index() == 0:
+      self._folder.mkdir(parents=True, exist_ok=True)
+      # json's Infinity keeps an identical sample's PSNR a float.
+      files.write_atomically(
+          self._path(entry),
+          json.dumps({'source': self._source(entry), 'row': row}),
+      )
+
+
 def score(
-    entries: list, samples: Samples, scorers: list, *, time_rows: bool = True
+    entries: list,
+    samples: Samples,
+    scorers: list,
+    *,
+    time_rows: bool = True,
+    cache: RowCache | None = None,
 ) -> list:
   """One results row per entry: its `describe()` fields, then each
   scorer's `run(entry, x)`, then (if `time_rows`) 'seconds', the entry's
-  wall time (sampling, scoring and any samples it is compared with)."""
+  wall time (sampling, scoring and any samples it is compared with).
+  With a `cache`, rows scored before from the same sources are reused."""
   # Work per entry, for the ETA: its sampling steps and about one network
   # pass for the features.
   work = [entry.num_steps + 1 for entry in entries]
   start, rows = time.time(), []
   for index, entry in enumerate(entries):
     entry_start = time.time()
+    kept = cache and cache.get(entry)
+    if kept:
+      rows.append(kept)
+      logging.info(
+          'eval %d/%d %s: scored before', index + 1, len(entries), entry.name
+      )
+      continue
     x = samples.of(entry)
     row = entry.describe()
     for scorer in scorers:
       row.update(scorer.run(entry, x))
     if time_rows:
       row['seconds'] = time.time() - entry_start
+    if cache:
+      cache.put(entry, row)
     rows.append(row)
     done = sum(work[: index + 1])
     logging.info(
@@ -329,12 +402,13 @@ def run_eval(
     report: eval_report.Report,
     start: float,
     time_rows: bool = True,
+    cache: RowCache | None = None,
 ) -> dict:
   """Scores `entries`; writes (process 0) and returns the results: the
   run's fields, `summary` (what the scores are measured against), the
   rows, and the seconds since `start`."""
   config = run.config
-  rows = score(entries, samples, scorers, time_rows=time_rows)
+  rows = score(entries, samples, scorers, time_rows=time_rows, cache=cache)
   results = {
       'workdir': str(files.as_path(run.workdir)),
       'dataset': config.dataset.name,
@@ -349,15 +423,20 @@ def run_eval(
   return results
 
 
-def evaluate(run) -> dict:
-  """Scores every model of `run.workdir`; writes and returns the results."""
+def evaluate(run, *, keep_rows: bool = False) -> dict:
+  """Scores every model of `run.workdir`; writes and returns the results.
+
+  keep_rows: keep each scored row (RowCache), so that a rerun of an eval
+  cut short continues (the benchmarks' long evals)."""
   config, start = run.config, time.time()
   models = check_can_evaluate(config, run.workdir)
-  if config.dataset.name in data.IN_MEMORY_DATASETS:
+  if config.dataset.name in reference_network.SETTINGS:
     samples = Samples(run, keep=True)
-    digits = eval_scorers.DigitsScorer(config.eval, samples.labels)
+    classifier = eval_scorers.ClassifierScorer(
+        config.eval, config.dataset, samples.labels
+    )
     scorers = [
-        digits,
+        classifier,
         eval_scorers.FidelityScorer(
             samples,
             lambda entry: reference_entry(config, models, entry.w),
@@ -366,12 +445,14 @@ def evaluate(run) -> dict:
     ]
     reference = reference_entry(config, models)
     summary = dict(
-        digits.summary(), reference_entry=reference and reference.name
+        classifier.summary(), reference_entry=reference and reference.name
     )
   else:
     samples = Samples(run, keep=False)
     scorers = [eval_scorers.InceptionScorer(run)]
     summary = scorers[0].summary()
+  if config.eval.get('save_samples'):
+    scorers.append(eval_scorers.SampleWriter(run, samples.labels))
   return run_eval(
       run,
       plan(config, models),
@@ -380,4 +461,5 @@ def evaluate(run) -> dict:
       summary=summary,
       report=eval_report.BY_STEPS,
       start=start,
+      cache=RowCache(run) if keep_rows else None,
   )

@@ -56,7 +56,8 @@ def _markdown(header: list, alignments: list, rows: list, note: str) -> str:
 
 def _cell(row: dict | None, field: str, fmt: str) -> str:
   """`row[field]` formatted, or empty where there is no value."""
-  return '' if row is None or row[field] is None else fmt.format(row[field])
+  value = None if row is None else row.get(field)
+  return '' if value is None else fmt.format(value)
 
 
 def _write_png(fig: figure.Figure, path: str):
@@ -83,7 +84,7 @@ def markdown_table(results: dict) -> str:
   """The scores per step count, one column group per curve."""
   if 'feature_network' in results:
     return _inception_table(results)
-  return _digits_table(results)
+  return _classifier_table(results)
 
 
 def _inception_table(results: dict) -> str:
@@ -129,8 +130,9 @@ def _inception_table(results: dict) -> str:
   )
 
 
-def _digits_table(results: dict) -> str:
-  """FD and class accuracy per step count, one column group per curve."""
+def _classifier_table(results: dict) -> str:
+  """FD, precision, recall and class accuracy per step count, one column
+  group per curve (a dataset with a reference classifier of its own)."""
   curves = _by_curve(results)
   rows = []
   for n in sorted({n for curve in curves.values() for n in curve}):
@@ -141,6 +143,10 @@ def _digits_table(results: dict) -> str:
         _cell(distilled, 'fd', '{:.3f}'),
         _cell(ddim, 'fd', '{:.3f}'),
         _cell(curves['ancestral'].get(n), 'fd', '{:.3f}'),
+        _cell(distilled, 'precision', '{:.3f}'),
+        _cell(distilled, 'recall', '{:.3f}'),
+        _cell(ddim, 'precision', '{:.3f}'),
+        _cell(ddim, 'recall', '{:.3f}'),
         _cell(distilled, 'class_accuracy', '{:.3f}'),
         _cell(ddim, 'class_accuracy', '{:.3f}'),
         f'{fidelity["psnr"]:.1f}' if fidelity else '',
@@ -151,25 +157,39 @@ def _digits_table(results: dict) -> str:
           'FD distilled',
           'FD DDIM',
           'FD ancestral',
+          'precision distilled',
+          'recall distilled',
+          'precision DDIM',
+          'recall DDIM',
           'accuracy distilled',
           'accuracy DDIM',
           'PSNR to teacher (dB)',
       ],
-      ['---:'] * 7,
+      ['---:'] * 11,
       rows,
-      f'Real-vs-real FD floor: {results["real_vs_real_fd"]:.3f}'
+      f'Real-vs-real floor: FD {results["real_vs_real_fd"]:.3f}'
+      f'{_floor_precision_recall(results)}'
       f' ({results["real_vs_real_count"]} training images against the'
       f' {results["real_test_count"]} held-out test images); reference'
-      ' classifier test accuracy'
+      f' classifier ({results["reference_network"]["name"]}) test accuracy'
       f' {results["reference_network"]["test_accuracy"]:.3f};'
       f' {results["num_samples"]} samples per entry.',
   )
 
 
+def _floor_precision_recall(results: dict) -> str:
+  if results.get('real_vs_real_precision') is None:
+    return ''  # results written before precision and recall were scored
+  return (
+      f', precision {results["real_vs_real_precision"]:.3f}, recall'
+      f' {results["real_vs_real_recall"]:.3f}'
+  )
+
+
 def plot_fd_vs_steps(results: dict, path: str):
-  """FD (digits) or FID against sampling steps (log2 x), as the paper's
-  figure: distilled, undistilled DDIM, ancestral, and the real-data floor
-  (digits) or the paper's distilled FIDs (CIFAR-10)."""
+  """FD (a reference classifier's) or FID against sampling steps (log2 x,
+  log y), as the paper's figure: distilled, undistilled DDIM, ancestral,
+  and the real-data floor (FD) or the paper's distilled FIDs (CIFAR-10)."""
   fig = figure.Figure(figsize=(6, 4), dpi=120)
   ax = fig.add_subplot()
   styles = {
@@ -209,7 +229,9 @@ def plot_fd_vs_steps(results: dict, path: str):
   ax.set_ylabel(
       'FID (InceptionV3)'
       if field == 'fid'
-      else 'FD (digits classifier features)'
+      else f'FD ({results["reference_network"]["name"]} features)'.replace(
+          '_', ' '
+      )
   )
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()

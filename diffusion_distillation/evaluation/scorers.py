@@ -2,17 +2,21 @@
 the scores of one entry's samples x [N, H, W, C] in [-1, 1] as the fields
 of its results row (evaluation.score runs them).
 
-  DigitsScorer     FD, class accuracy and classifier score in the digits
-                   reference classifier's terms;
+  ClassifierScorer FD, precision, recall, class accuracy and classifier
+                   score in the terms of a dataset's own reference
+                   classifier (digits, Fashion-MNIST);
   FidelityScorer   MSE / PSNR against other entries' samples from the
                    same noise;
   InceptionScorer  FID, Inception Score, precision and recall (tfds
                    datasets), against the train split's statistics.
 
+  SampleWriter     writes the samples in the ADM evaluator's layout.
+
 guided/evaluation.py adds the guided ones.
 """
 
 import dataclasses
+import io
 import os
 from collections.abc import Callable
 
@@ -24,6 +28,7 @@ from diffusion_distillation.data import datasets as data
 from diffusion_distillation.evaluation import fid as fid_lib
 from diffusion_distillation.evaluation import inception
 from diffusion_distillation.evaluation import metrics
+from diffusion_distillation.evaluation import precision_recall
 from diffusion_distillation.evaluation import reference_network
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
@@ -39,22 +44,38 @@ def fidelity(x, reference_x) -> dict:
 PAPER_FID = {'cifar10': {1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57}}
 
 
-class DigitsScorer:
-  """FD, class accuracy and classifier score of digits samples: against
-  the reference classifier, the statistics of its features on the held-out
-  test split, and the floor of real training digits against those (the
-  best FD a perfect model gets)."""
+class ClassifierScorer:
+  """FD, precision and recall, class accuracy and classifier score of
+  samples of a dataset with a reference classifier of its own
+  (reference_network.SETTINGS): against the statistics of its features on
+  the real test images, with the floor of as many real training images
+  against those (the best FD a perfect model gets).
 
-  def __init__(self, settings, labels: np.ndarray | None):
+  settings: config.eval; dataset: config.dataset; labels: the labels the
+  samples were asked for, or None (unconditional).
+  """
+
+  def __init__(self, settings, dataset, labels: np.ndarray | None):
     self._batch_size = settings.batch_size
     self._labels = labels
-    self.network = reference_network.ReferenceNetwork()
-    self.test = data.load_digits('test')
-    train = data.load_digits('train')
-    self.test_stats = metrics.feature_stats(self.features(self.test.images))
+    classifier = reference_network.SETTINGS[dataset.name]
+    if settings.get('classifier_train_steps'):
+      classifier = dataclasses.replace(
+          classifier, train_steps=settings.classifier_train_steps
+      )
+    data_dir = dataset.get('data_dir', '')
+    self.network = reference_network.ReferenceNetwork(
+        classifier, data_dir=data_dir
+    )
+    self.test = reference_network.split_images(dataset.name, 'test', data_dir)
+    train = reference_network.split_images(dataset.name, 'train', data_dir)
+    self.test_features = self.features(self.test.images)
+    self.test_stats = metrics.feature_stats(self.test_features)
     self.floor_count = min(settings.num_samples, len(train.labels))
     order = np.random.default_rng(settings.seed).permutation(len(train.labels))
-    self.floor_fd = self.fd(train.images[order[: self.floor_count]])
+    self.floor = self.distribution_scores(
+        train.images[order[: self.floor_count]]
+    )
 
   def features(self, images):
     return metrics.batched_features(
@@ -71,11 +92,25 @@ class DigitsScorer:
         metrics.feature_stats(self.features(images)), self.test_stats
     )
 
+  def distribution_scores(self, images) -> dict:
+    """FD, precision and recall (k = 3) against the test images."""
+    features = self.features(images)
+    precision, recall = precision_recall.precision_recall(
+        self.test_features, features, dtype='float32'
+    )
+    return {
+        'fd': metrics.frechet_distance(
+            metrics.feature_stats(features), self.test_stats
+        ),
+        'precision': precision,
+        'recall': recall,
+    }
+
   def run(self, entry, x) -> dict:
     del entry  # every entry is scored alike
     logits = self.logits(x)
     return {
-        'fd': self.fd(x),
+        **self.distribution_scores(x),
         'class_accuracy': (
             None
             if self._labels is None
@@ -90,7 +125,7 @@ class DigitsScorer:
     """The results' fields that describe the reference."""
     return {
         'reference_network': {
-            'name': 'digits_classifier',
+            'name': f'{self.network.settings.dataset}_classifier',
             'cache_path': self.network.cache_path,
             'settings': dataclasses.asdict(self.network.settings),
             'test_accuracy': self.network.accuracy(
@@ -98,7 +133,9 @@ class DigitsScorer:
             ),
         },
         'real_test_count': len(self.test.labels),
-        'real_vs_real_fd': self.floor_fd,
+        'real_vs_real_fd': self.floor['fd'],
+        'real_vs_real_precision': self.floor['precision'],
+        'real_vs_real_recall': self.floor['recall'],
         'real_vs_real_count': self.floor_count,
     }
 
@@ -212,3 +249,29 @@ class InceptionScorer:
         },
         'paper_fid': PAPER_FID.get(self._dataset, {}),
     }
+
+
+class SampleWriter:
+  """Writes each entry's samples to <workdir>/eval/samples/<entry>.npz in
+  the ADM evaluator's layout: arr_0 uint8 [N, H, W, 3] (a grayscale
+  channel repeated, as Inception takes RGB), arr_1 the labels of a
+  class-conditional model. Adds no score."""
+
+  def __init__(self, run, labels: np.ndarray | None):
+    self._folder = os.path.join(workdir_lib.eval_dir(run.workdir), 'samples')
+    self._labels = (
+        {} if labels is None else {'arr_1': np.asarray(labels, np.int32)}
+    )
+
+  def run(self, entry, x) -> dict:
+    if jax.process_index() == 0:
+      images = data.unit_interval_to_uint8(x)
+      if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+      buffer = io.BytesIO()
+      np.savez(buffer, arr_0=images, **self._labels)
+      files.as_path(self._folder).mkdir(parents=True, exist_ok=True)
+      files.write_atomically(
+          os.path.join(self._folder, f'{entry.name}.npz'), buffer.getvalue()
+      )
+    return {}

@@ -85,7 +85,7 @@ class GuidedScorer:
 
   def __init__(
       self,
-      digits: eval_scorers.DigitsScorer,
+      digits: eval_scorers.ClassifierScorer,
       samples: evaluation.Samples,
   ):
     self._digits = digits
@@ -137,7 +137,9 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   samples = evaluation.Samples(
       run, keep=True, load=lambda entry: _load(run, entry)
   )
-  digits = eval_scorers.DigitsScorer(config.eval, samples.labels)
+  digits = eval_scorers.ClassifierScorer(
+      config.eval, config.dataset, samples.labels
+  )
   fidelities = eval_scorers.FidelityScorer(
       samples,
       lambda entry: evaluation.reference_entry(config, models, entry.w),
