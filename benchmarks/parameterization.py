@@ -47,7 +47,7 @@ import sys
 from absl import app
 from absl import flags
 
-from benchmarks import parameterization_report as report_lib
+from benchmarks import parameterization_report
 from benchmarks import timing
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
@@ -630,7 +630,7 @@ def collect(budget: Budget, root: str, config) -> dict:
         'workdir': os.path.join(root, run_name(*run)),
         **teacher_state(root, run),
     }
-    paper = report_lib.PAPER_TABLE_1[run]
+    paper = parameterization_report.PAPER_TABLE_1[run]
     entry['paper'] = (
         {'stochastic': 'diverges', 'ddim': 'diverges'}
         if paper is None
@@ -834,13 +834,15 @@ def main(argv):
           if r['status'] == 'pending'
       ],
   )
-  report['findings'] = report_lib.findings(report, budget.table_ddim_steps[0])
+  report['findings'] = parameterization_report.findings(
+      report, budget.table_ddim_steps[0]
+  )
   os.makedirs(_OUT.value, exist_ok=True)
   stem = os.path.join(_OUT.value, f'parameterization{suffix}')
-  table = report_lib.markdown(report)
+  table = parameterization_report.markdown(report)
   files.write_json(report, stem + '.json')
   files.write_atomically(stem + '.md', table)
-  report_lib.plot(report, stem + '.png')
+  parameterization_report.plot(report, stem + '.png')
   print(table)
   print(f'Wrote {stem}.json, .md and .png')
 

@@ -31,7 +31,7 @@ from benchmarks import timing
 from configs import digits
 from configs import test as test_config
 from diffusion_distillation import pipeline
-from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import loop as evaluation_loop
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
@@ -183,7 +183,7 @@ def main(args):
       (
           ('teacher', pipeline.train_teacher),
           ('distill', pipeline.distill),
-          ('eval', evaluation.evaluate),
+          ('eval', evaluation_loop.evaluate),
       ),
   )
 
@@ -230,15 +230,15 @@ def main(args):
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, f'quality_vs_steps{suffix}')
   files.write_json(summary, stem + '.json')
-  evaluation.plot_fd_vs_steps(results, stem + '.png')
+  evaluation_loop.plot_fd_vs_steps(results, stem + '.png')
   with open(stem + '.md', 'w') as f:
     f.write(
         f'{summary["date"]}, commit {summary["commit"]}, '
         f'{summary["machine"]}; {summary["config"]["distill"]}, teacher '
         f'{summary["config"]["train_steps"]} steps.\n\n'
     )
-    f.write(evaluation.markdown_table(results))
-  print(evaluation.markdown_table(results))
+    f.write(evaluation_loop.markdown_table(results))
+  print(evaluation_loop.markdown_table(results))
   print('Equal-quality speed-up against undistilled DDIM:')
   print(speedup.markdown(summary['equal_quality_speedup']))
   for name, check in summary['targets'].items():

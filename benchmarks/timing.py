@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_distillation.training import sharding
 from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results')

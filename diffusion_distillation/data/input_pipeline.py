@@ -10,8 +10,8 @@
 Each process reads its own part of the train split
 (`tfds.split_for_jax_process`), shuffles it through a 50,000-example buffer
 (`dataset.shuffle_buffer`), repeats it forever and batches its share of the
-global batch into [substeps, B_local, ...], as `data.batch_for_step` does for
-the in-memory digits.
+global batch into [substeps, B_local, ...], as `datasets.batch_for_step` does
+for the in-memory digits.
 
 Resumption: a stream cannot jump to step s the way the digits batches can
 (that would mean reading s batches to throw them away). Instead a stream is
@@ -37,7 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.utils import errors
 
 
@@ -273,7 +273,7 @@ def train_dataset(
 class TfdsStream:
   """Batches of a tfds dataset, asked for step by step like the digits'.
 
-  `batch_for_step` takes the arguments of `data.batch_for_step`; asked for
+  `batch_for_step` takes the arguments of `datasets.batch_for_step`; asked for
   the step that follows the previous call it continues the current stream,
   otherwise it builds a new one seeded by that step (module docstring).
   """
@@ -309,4 +309,4 @@ class TfdsStream:
       ).as_numpy_iterator()
     batch = next(self._iterator)
     self._next = (arguments, step + substeps)
-    return data.uint8_to_unit_interval(batch['image']), batch['label']
+    return datasets.uint8_to_unit_interval(batch['image']), batch['label']

@@ -34,11 +34,11 @@ a small reference classifier (reference_network.py):
 
 with a floor: the FD of as many real training images as samples against
 the same test split. Results go to <workdir>/eval/results.json (+
-results.md, fd_vs_steps.png; eval_report.py).
+results.md, fd_vs_steps.png; report.py).
 
 One loop serves both kinds of eval, this one and guided configs'
 (guided/evaluation.py): `score` samples each entry once (`Samples`) and
-hands the samples to a list of scorers (eval_scorers.py), small classes
+hands the samples to a list of scorers (scorers.py), small classes
 whose `run(entry, x)` returns the row's scores.
 """
 
@@ -53,18 +53,18 @@ from absl import logging
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.evaluation import inception
-from diffusion_distillation.evaluation import report as eval_report
-from diffusion_distillation.evaluation import scorers as eval_scorers
+from diffusion_distillation.evaluation import report as report_lib
+from diffusion_distillation.evaluation import scorers as scorers_lib
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import errors
 from diffusion_distillation.utils import files
 
 # What the steps eval writes; benchmarks redraw the table and plot from it.
-write_results = eval_report.BY_STEPS.write
-markdown_table = eval_report.markdown_table
-plot_fd_vs_steps = eval_report.plot_fd_vs_steps
+write_results = report_lib.BY_STEPS.write
+markdown_table = report_lib.markdown_table
+plot_fd_vs_steps = report_lib.plot_fd_vs_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def reference_entry(config, models: list, w: float | None = None):
   return Entry(0, 'ddim', config.eval.reference_num_steps, w)
 
 
-def check_can_evaluate(config, workdir) -> list:
+def check_can_evaluate(config, workdir: workdir_lib.Workdir) -> list:
   """The workdir's saved models; InputError when eval cannot run (checked
   before anything is written)."""
   if 'eval' not in config:
@@ -176,7 +176,7 @@ def check_can_evaluate(config, workdir) -> list:
         'This config has no eval section; --mode=eval needs one (see '
         'configs/digits.py and configs/cifar10.py).'
     )
-  if config.dataset.name not in data.IN_MEMORY_DATASETS and not (
+  if config.dataset.name not in datasets.IN_MEMORY_DATASETS and not (
       config.eval.get('inception_weights')
   ):
     raise errors.InputError(
@@ -192,9 +192,9 @@ def check_can_evaluate(config, workdir) -> list:
           f'eval.{field}={path} does not exist; give an existing file '
           '(local or gs://), see docs/reproducing.md.'
       )
-  models = workdir_lib.saved_models(workdir)
+  models = workdir.models()
   if not models:
-    raise workdir_lib.no_models(workdir)
+    raise workdir.no_models()
   return models
 
 
@@ -219,7 +219,7 @@ def eval_sampler(run):
 
 def load_saved_model(run, entry: Entry):
   """The parameters of models/<entry.model_steps>."""
-  return run.store.load(entry.model_steps)
+  return run.workdir.load(entry.model_steps)
 
 
 class Samples:
@@ -326,7 +326,7 @@ def run_eval(
     scorers: list,
     *,
     summary: dict,
-    report: eval_report.Report,
+    report: report_lib.Report,
     start: float,
     time_rows: bool = True,
 ) -> dict:
@@ -336,7 +336,7 @@ def run_eval(
   config = run.config
   rows = score(entries, samples, scorers, time_rows=time_rows)
   results = {
-      'workdir': str(files.as_path(run.workdir)),
+      'workdir': str(files.as_path(run.workdir.path)),
       'dataset': config.dataset.name,
       'num_samples': config.eval.num_samples,
       'seed': config.eval.seed,
@@ -345,20 +345,21 @@ def run_eval(
       'seconds': time.time() - start,
   }
   if jax.process_index() == 0:
-    report.write(results, workdir_lib.eval_dir(run.workdir))
+    report.write(results, run.workdir.eval_dir)
   return results
 
 
 def evaluate(run) -> dict:
-  """Scores every model of `run.workdir`; writes and returns the results."""
+  """Scores every model of the run's workdir; writes and returns the
+  results."""
   config, start = run.config, time.time()
   models = check_can_evaluate(config, run.workdir)
-  if config.dataset.name in data.IN_MEMORY_DATASETS:
+  if config.dataset.name in datasets.IN_MEMORY_DATASETS:
     samples = Samples(run, keep=True)
-    digits = eval_scorers.DigitsScorer(config.eval, samples.labels)
+    digits = scorers_lib.DigitsScorer(config.eval, samples.labels)
     scorers = [
         digits,
-        eval_scorers.FidelityScorer(
+        scorers_lib.FidelityScorer(
             samples,
             lambda entry: reference_entry(config, models, entry.w),
             lambda entry: distilled_from(entry, config, models),
@@ -370,7 +371,7 @@ def evaluate(run) -> dict:
     )
   else:
     samples = Samples(run, keep=False)
-    scorers = [eval_scorers.InceptionScorer(run)]
+    scorers = [scorers_lib.InceptionScorer(run)]
     summary = scorers[0].summary()
   return run_eval(
       run,
@@ -378,6 +379,6 @@ def evaluate(run) -> dict:
       samples,
       scorers,
       summary=summary,
-      report=eval_report.BY_STEPS,
+      report=report_lib.BY_STEPS,
       start=start,
   )

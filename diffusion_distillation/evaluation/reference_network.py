@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.evaluation import metrics
 
 
@@ -68,7 +68,7 @@ def _cache_path(settings: ClassifierSettings) -> str:
   return os.path.join(cache_dir(), f'digits_classifier_{key}.msgpack')
 
 
-def train_classifier(settings: ClassifierSettings, train: data.Dataset):
+def train_classifier(settings: ClassifierSettings, train: datasets.Dataset):
   """Adam on cross-entropy over seeded epochs of `train`; returns params."""
   model = DigitsClassifier(settings)
   params = model.init(jax.random.key(settings.seed), train.images[:1])['params']
@@ -88,7 +88,7 @@ def train_classifier(settings: ClassifierSettings, train: data.Dataset):
     return optax.apply_updates(params, updates), opt_state
 
   for index in range(settings.train_steps):
-    images, labels = data.batch_for_step(
+    images, labels = datasets.batch_for_step(
         train, seed=settings.seed, step=index, batch_size=settings.batch_size
     )
     params, opt_state = step(params, opt_state, images[0], labels[0])
@@ -112,7 +112,7 @@ class ReferenceNetwork:
         self.params = flax.serialization.from_bytes(template, f.read())
       self.trained_now = False
     else:
-      self.params = train_classifier(settings, data.load_digits('train'))
+      self.params = train_classifier(settings, datasets.load_digits('train'))
       os.makedirs(cache_dir(), exist_ok=True)
       tmp = f'{self.cache_path}.{os.getpid()}.tmp'
       with open(tmp, 'wb') as f:

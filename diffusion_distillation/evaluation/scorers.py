@@ -20,12 +20,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.evaluation import fid as fid_lib
 from diffusion_distillation.evaluation import inception
 from diffusion_distillation.evaluation import metrics
 from diffusion_distillation.evaluation import reference_network
-from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
 
 
@@ -49,8 +48,8 @@ class DigitsScorer:
     self._batch_size = settings.batch_size
     self._labels = labels
     self.network = reference_network.ReferenceNetwork()
-    self.test = data.load_digits('test')
-    train = data.load_digits('train')
+    self.test = datasets.load_digits('test')
+    train = datasets.load_digits('train')
     self.test_stats = metrics.feature_stats(self.features(self.test.images))
     self.floor_count = min(settings.num_samples, len(train.labels))
     order = np.random.default_rng(settings.seed).permutation(len(train.labels))
@@ -151,7 +150,7 @@ def reference_statistics(
       f'reference_{dataset.name.replace("/", "_")}_{dataset.image_size}px_'
       f'{settings.reference_num_images}_{network.fingerprint}.npz'
   )
-  path = os.path.join(workdir_lib.eval_dir(run.workdir), name)
+  path = os.path.join(run.workdir.eval_dir, name)
   if files.as_path(path).exists():
     logging.info('Reading the reference statistics from %s', path)
     return fid_lib.load_reference(path, network, batch_size=settings.batch_size)
@@ -192,7 +191,7 @@ class InceptionScorer:
   def run(self, entry, x) -> dict:
     del entry  # every entry is scored alike
     return fid_lib.score(
-        data.unit_interval_to_uint8(x),
+        datasets.unit_interval_to_uint8(x),
         self.reference,
         self.network,
         batch_size=self._settings.batch_size,
