@@ -17,18 +17,14 @@ Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
 """
 
-import datetime
 import os
-import platform
 import tempfile
 import time
 
-import jax
 import numpy as np
 from absl import flags
 
 from benchmarks import command
-from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
@@ -258,18 +254,8 @@ def main(args):
   training['total_seconds'] = None if None in parts else sum(parts)
   summary = {
       'variant': variant,
-      'date': (
-          datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec='seconds'
-          )
-      ),
-      'commit': quality_vs_steps._git_commit(),
-      'machine': (
-          f'{platform.machine()}, {os.cpu_count()} CPU cores, '
-          f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'
-      ),
+      **timing.provenance(),
       'load_average': os.getloadavg(),
-      'jax_version': jax.__version__,
       'config': {
           'train_steps': config.train.num_steps,
           'guide_steps': config.guide.num_steps,
@@ -294,8 +280,8 @@ def main(args):
   table = report_lib.guided_markdown_table(results)
   with open(stem + '.md', 'w') as f:
     f.write(
-        f'{summary["date"]}, commit {summary["commit"]}, '
-        f'{summary["machine"]}; teacher {config.train.num_steps} steps, '
+        f'{timing.provenance_line(summary)}; teacher '
+        f'{config.train.num_steps} steps, '
         f'stage one {config.guide.num_steps}, {summary["config"]["distill"]}.'
         '\n\n'
     )

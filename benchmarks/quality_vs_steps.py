@@ -16,13 +16,9 @@ Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
 """
 
-import datetime
 import os
-import platform
-import subprocess
 import tempfile
 
-import jax
 from absl import flags
 
 from benchmarks import command
@@ -88,19 +84,6 @@ def quick_overrides(config):
       reference_num_steps=64,
   )
   return config
-
-
-def _git_commit() -> str:
-  try:
-    return subprocess.run(
-        ['git', 'rev-parse', '--short', 'HEAD'],
-        cwd=_HERE,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
 
 
 def target_checks(results: dict, timings: dict) -> dict:
@@ -203,17 +186,7 @@ def main(args):
   }
   summary = {
       'variant': variant,
-      'date': (
-          datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec='seconds'
-          )
-      ),
-      'commit': _git_commit(),
-      'machine': (
-          f'{platform.machine()}, {os.cpu_count()} CPU cores, '
-          f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'
-      ),
-      'jax_version': jax.__version__,
+      **timing.provenance(),
       'config': {
           'train_steps': config.train.num_steps,
           'distill': (
@@ -233,8 +206,8 @@ def main(args):
   evaluation_loop.plot_fd_vs_steps(results, stem + '.png')
   with open(stem + '.md', 'w') as f:
     f.write(
-        f'{summary["date"]}, commit {summary["commit"]}, '
-        f'{summary["machine"]}; {summary["config"]["distill"]}, teacher '
+        f'{timing.provenance_line(summary)}; '
+        f'{summary["config"]["distill"]}, teacher '
         f'{summary["config"]["train_steps"]} steps.\n\n'
     )
     f.write(evaluation_loop.markdown_table(results))

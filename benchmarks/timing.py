@@ -183,6 +183,17 @@ def provenance() -> dict:
   }
 
 
+def provenance_line(report: dict) -> str:
+  """The date, commit and machine of a report with provenance(), in one
+  line for the head of its Markdown."""
+  machine_ = report['machine']
+  return (
+      f"{report['date']}, commit {report['git_commit']}, {machine_['cpu']} "
+      f"({machine_['cpu_count']} cores, {machine_['backend']}), jax "
+      f"{report['jax_version']}"
+  )
+
+
 def proc_status_bytes(field: str) -> int:
   """VmRSS / VmHWM of this process in bytes (Linux)."""
   with open('/proc/self/status') as f:

@@ -309,7 +309,7 @@ def test_guided_benchmark_smoke_reuses_a_trained_workdir(guided_run, tmp_path):
   assert result.returncode == 0, result.stderr[-4000:]
   with open(tmp_path / 'guided_quality_smoke.json') as f:
     summary = json.load(f)
-  assert summary['variant'] == 'smoke' and summary['commit']
+  assert summary['variant'] == 'smoke' and summary['git_commit']
   training = summary['training']
   assert training['teacher_seconds'] > 0 and training['stage_one_seconds'] > 0
   assert set(training['distill_round_seconds']) == {'1', '2'}

@@ -1,36 +1,86 @@
-"""The parameterization benchmark's reading of logs and its findings, on
-hand-made inputs (the script itself runs in test_benchmarks.py)."""
+"""The parameterization benchmark's reading of logs, on the lines the
+command really writes, and its findings, on hand-made reports (the script
+itself runs in test_benchmarks.py)."""
+
+import collections
+import contextlib
+import io
+import logging
+
+import jax.numpy as jnp
+import ml_collections
+import pytest
 
 from benchmarks import parameterization
 from benchmarks import parameterization_report
-
-_TRAIN_LOG = """\
-I1201 train.py] [300] train/loss=0.4
-error: train diverged: the state holds NaN or inf at step 400 and was not \
-saved; the last good checkpoint is w/teacher/300. To resume from it, ...
-"""
-
-_DISTILL_LOG = """\
-I1201 pipeline.py:1] Round 1/6: 64 -> 32 sampling steps
-I1201 pipeline.py:1] Round 2/6: 32 -> 16 sampling steps
-W1201 health.py:1] distill: skipped 2 non-finite update(s) of the 100 up to \
-step 60
-W1201 health.py:1] distill: skipped 30 non-finite update(s) of the 100 up to \
-step 80
-error: distill: 32 of the last 100 updates were non-finite and skipped \
-(more than distill.max_skipped_fraction=0.1); the run trains nothing.
-"""
+from diffusion_distillation.training import health
+from diffusion_distillation.utils import cli
 
 
-def test_read_stop_finds_the_divergence_and_its_step():
-  stop = parameterization.read_stop(_TRAIN_LOG)
+def _printed_error(stop) -> str:
+  """What the command prints when `stop()` stops the run."""
+  stderr = io.StringIO()
+  with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit):
+    with cli.one_line_errors():
+      stop()
+  return stderr.getvalue()
+
+
+def _log_lines(caplog) -> str:
+  """The warnings logged so far, as absl writes them."""
+  return ''.join(
+      f'W1201 health.py:1] {r.getMessage()}\n'
+      for r in caplog.records
+      if r.levelno == logging.WARNING
+  )
+
+
+def _train_log() -> str:
+  """A teacher that diverged at step 400, as training/health.py reports it."""
+  settings = ml_collections.ConfigDict({
+      'learning_rate': 1e-3,
+      'substeps': 1,
+      'max_skipped_fraction': 0.1,
+      'skip_nonfinite_updates': False,
+  })
+  params = {'w': jnp.ones(3)}
+  guard = health.StateGuard('train', settings, params, 'w/teacher/300')
+  nan_state = collections.namedtuple('State', 'params')(
+      {'w': jnp.full(3, jnp.nan)}
+  )
+  return 'I1201 train.py] [300] train/loss=0.4\n' + _printed_error(
+      lambda: guard.check(nan_state, 400)
+  )
+
+
+def _distill_log(caplog) -> str:
+  """Rounds 64 -> 32 -> 16, the second skipping too many updates by step
+  80, as the pipeline and training/health.py report it."""
+  caplog.set_level(logging.WARNING)
+  monitor = health.SkipMonitor('distill', substeps=10, max_fraction=0.1)
+  for count in (0, 0, 0, 0, 0, 2):
+    monitor.add(jnp.int32(count))
+  monitor.check(60, 1e-3, 'w/distill/50')
+  for count in (15, 15):
+    monitor.add(jnp.int32(count))
+  error = _printed_error(lambda: monitor.check(80, 1e-3, 'w/distill/50'))
+  rounds = ''.join(
+      f'I1201 pipeline.py:1] Round {i}/6: {2 * n} -> {n} sampling steps\n'
+      for i, n in ((1, 32), (2, 16))
+  )
+  return rounds + _log_lines(caplog) + error
+
+
+def test_read_stop_finds_the_divergence_and_its_step(caplog):
+  stop = parameterization.read_stop(_train_log())
   assert stop['phase'] == 'train' and stop['step'] == 400
   assert stop['round_student_steps'] is None
   assert stop['message'].startswith('error: train diverged')
-  stop = parameterization.read_stop(_DISTILL_LOG)
+  distill_log = _distill_log(caplog)
+  stop = parameterization.read_stop(distill_log)
   assert stop['phase'] == 'distill' and stop['step'] == 80
   assert stop['round_student_steps'] == 16
-  assert parameterization.skipped_updates(_DISTILL_LOG) == 32
+  assert parameterization.skipped_updates(distill_log) == 32
   assert (
       parameterization.read_stop('error: /w is in use by another run') is None
   )

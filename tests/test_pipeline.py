@@ -436,7 +436,7 @@ def test_quality_benchmark_smoke_reuses_a_trained_workdir(
   assert result.returncode == 0, result.stderr[-4000:]
   with open(tmp_path / 'quality_vs_steps_smoke.json') as f:
     summary = json.load(f)
-  assert summary['variant'] == 'smoke' and summary['commit']
+  assert summary['variant'] == 'smoke' and summary['git_commit']
   timings = summary['timings']
   assert timings['teacher_seconds'] > 0
   assert set(timings['distill_round_seconds']) == {'1', '2'}
