@@ -46,12 +46,12 @@ def main(args):
 
   from benchmarks import timing
   from configs import digits
-  from diffusion_distillation.data import datasets as data
-  from diffusion_distillation.training import sharding
+  from diffusion_distillation.data import datasets
   from diffusion_distillation.training import trainer as trainer_lib
+  from diffusion_distillation.utils import sharding
 
   config = digits.get_config()
-  dataset = data.load('digits')
+  dataset = datasets.load('digits')
   batch_size, substeps = config.train.batch_size, config.train.substeps
 
   def images_per_sec(devices):
@@ -60,7 +60,7 @@ def main(args):
     state = trainer.fresh_state(trainer.init_params(jax.random.key(0)), 0)
 
     def run_step(state, step):
-      images, labels = data.batch_for_step(
+      images, labels = datasets.batch_for_step(
           dataset, seed=0, step=step, batch_size=batch_size, substeps=substeps
       )
       return trainer.update(state, sharding.device_batch(images, labels, mesh))[

@@ -35,7 +35,7 @@ from configs import cifar10
 from configs import test as test_config
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation.training import sharding
+from diffusion_distillation.utils import sharding
 
 
 def _define_flags():

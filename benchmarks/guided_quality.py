@@ -17,26 +17,23 @@ Rerunning with the same --workdir reuses the trained models (their training
 times are read from the models' metadata) and only evaluates again.
 """
 
-import datetime
 import os
-import platform
 import tempfile
 import time
 
-import jax
 import numpy as np
 from absl import flags
 
 from benchmarks import command
-from benchmarks import quality_vs_steps
 from benchmarks import timing
 from configs import digits_guided
 from configs import test_guided
 from diffusion_distillation import pipeline
-from diffusion_distillation.evaluation import loop as evaluation
-from diffusion_distillation.evaluation import report as eval_report
+from diffusion_distillation.evaluation import loop as evaluation_loop
+from diffusion_distillation.evaluation import report as report_lib
 from diffusion_distillation.guided import evaluation as guided_evaluation
 from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.guided import workdir as guided_workdir
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
 
@@ -155,13 +152,13 @@ def sampling_times(run, *, repeats: int) -> dict:
   with the 1- and 4-step students and guided DDIM at the teacher's step
   counts, at w = sample.guidance; the speed-ups are ratios of these."""
   settings = run.config.eval
-  sampler, _, labels = evaluation.eval_sampler(run)
-  models = run.store.models()
+  sampler, _, labels = evaluation_loop.eval_sampler(run)
+  models = run.workdir.models()
   ways = []
   for n in sorted({1, STUDENT_STEPS} & set(models)):
-    ways.append((f'student_{n}', run.store.load(n), n, n))
+    ways.append((f'student_{n}', run.workdir.load(n), n, n))
   if 0 in models:
-    teacher = run.store.load_teacher()
+    teacher = run.workdir.load_teacher()
     for n in sorted(set(settings.teacher_num_steps)):
       ways.append((f'guided_ddim_{n}', teacher, n, 2 * n))
   times = {}
@@ -243,7 +240,9 @@ def main(args):
   # reports what its training cost (each phase's last leg if resumed).
   training = {
       'teacher_seconds': workdir_lib.model_meta(workdir, 0).get('seconds'),
-      'stage_one_seconds': workdir_lib.stage_one_meta(workdir).get('seconds'),
+      'stage_one_seconds': (
+          guided_workdir.stage_one_meta(workdir).get('seconds')
+      ),
       'distill_round_seconds': {
           n: workdir_lib.model_meta(workdir, n).get('seconds')
           for n in models
@@ -255,18 +254,8 @@ def main(args):
   training['total_seconds'] = None if None in parts else sum(parts)
   summary = {
       'variant': variant,
-      'date': (
-          datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec='seconds'
-          )
-      ),
-      'commit': quality_vs_steps._git_commit(),
-      'machine': (
-          f'{platform.machine()}, {os.cpu_count()} CPU cores, '
-          f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'
-      ),
+      **timing.provenance(),
       'load_average': os.getloadavg(),
-      'jax_version': jax.__version__,
       'config': {
           'train_steps': config.train.num_steps,
           'guide_steps': config.guide.num_steps,
@@ -287,12 +276,12 @@ def main(args):
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, f'guided_quality{suffix}')
   files.write_json(summary, stem + '.json')
-  eval_report.plot_against_w(results, stem + '.png')
-  table = eval_report.guided_markdown_table(results)
+  report_lib.plot_against_w(results, stem + '.png')
+  table = report_lib.guided_markdown_table(results)
   with open(stem + '.md', 'w') as f:
     f.write(
-        f'{summary["date"]}, commit {summary["commit"]}, '
-        f'{summary["machine"]}; teacher {config.train.num_steps} steps, '
+        f'{timing.provenance_line(summary)}; teacher '
+        f'{config.train.num_steps} steps, '
         f'stage one {config.guide.num_steps}, {summary["config"]["distill"]}.'
         '\n\n'
     )

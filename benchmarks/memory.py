@@ -17,8 +17,8 @@ import jax
 
 from benchmarks import timing
 from diffusion_distillation import network as network_lib
-from diffusion_distillation.training import sharding
 from diffusion_distillation.training import train_state as train_state_lib
+from diffusion_distillation.utils import sharding
 
 
 def _tree_bytes(tree) -> int:

@@ -47,7 +47,8 @@ import sys
 from absl import app
 from absl import flags
 
-from benchmarks import parameterization_report as report_lib
+from benchmarks import command
+from benchmarks import parameterization_report
 from benchmarks import timing
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
@@ -131,32 +132,35 @@ QUICK = Budget(
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-_WORKDIR_ROOT = flags.DEFINE_string(
-    'workdir_root',
-    None,
-    'Folder of the runs, one workdir per output x weighting (default: '
-    'benchmarks/results/tmp/parameterization[_quick]); rerun to resume.',
-)
-_OUT = flags.DEFINE_string(
-    'out',
-    os.path.join(_HERE, 'results'),
-    'Where parameterization.{json,md,png} go.',
-)
-_QUICK = flags.DEFINE_bool(
-    'quick', False, 'configs/test.py, 2 outputs x 1 weighting: minutes.'
-)
-_TRAIN = flags.DEFINE_bool(
-    'train',
-    True,
-    'Train and distill what is missing; --notrain only scores what is '
-    'finished and reports the rest as pending.',
-)
-_FRACTIONS = flags.DEFINE_list(
-    'variance_fractions',
-    None,
-    "The f of the ancestral sampler's 'fixed_medium:f' to search (default: "
-    '0,0.25,0.5,0.75,1; 0,1 with --quick).',
-)
+
+def _define_flags():
+  flags.DEFINE_string(
+      'workdir_root',
+      None,
+      'Folder of the runs, one workdir per output x weighting (default: '
+      'benchmarks/results/tmp/parameterization[_quick]); rerun to resume.',
+  )
+  flags.DEFINE_string(
+      'out',
+      os.path.join(_HERE, 'results'),
+      'Where parameterization.{json,md,png} go.',
+  )
+  flags.DEFINE_bool(
+      'quick', False, 'configs/test.py, 2 outputs x 1 weighting: minutes.'
+  )
+  flags.DEFINE_bool(
+      'train',
+      True,
+      'Train and distill what is missing; --notrain only scores what is '
+      'finished and reports the rest as pending.',
+  )
+  flags.DEFINE_list(
+      'variance_fractions',
+      None,
+      "The f of the ancestral sampler's 'fixed_medium:f' to search "
+      '(default: 0,0.25,0.5,0.75,1; 0,1 with --quick).',
+  )
+
 
 _DIVERGED = re.compile(
     r'error: (train|distill) diverged: .* at step (\d+)'
@@ -599,6 +603,27 @@ def collect(budget: Budget, root: str, config) -> dict:
   students = student_step_counts(config)
   start = config.distill.start_num_steps
   ladder = sorted(set(students) | {start} | set(budget.table_ddim_steps))
+  chains = _chain_states(budget, root, students)
+  chain_teachers = {
+      (c['output'], c['weighting']) for c in chains.values() if c['weighting']
+  }
+  teachers = [
+      _teacher_entry(budget, root, run, ladder, run in chain_teachers)
+      for run in teacher_runs(budget)
+  ]
+  by_run = {(t['output'], t['weighting']): t for t in teachers}
+  for chain in chains.values():
+    _score_chain_entry(budget, root, chain, by_run, ladder, start)
+  return {
+      'teachers': teachers,
+      'chains': chains,
+      'longer_final_rounds': _longer_rounds(budget, root, students, start),
+      'seed_repeats': seed_repeats(budget, root, by_run, config.seed),
+  }
+
+
+def _chain_states(budget: Budget, root: str, students: list) -> dict:
+  """{chain: its state}, before scoring."""
   chains = {}
   for key, run in chain_runs(budget, root).items():
     entry = {'output': run[0] if run else key, 'weighting': run and run[1]}
@@ -607,65 +632,68 @@ def collect(budget: Budget, root: str, config) -> dict:
     else:
       teacher = teacher_state(root, run)
       entry['teacher_status'] = teacher['status']
-      entry.update(
-          chain_state(root, run, students)
-          if teacher['status'] == 'done'
-          else {
-              'status': (
-                  'pending'
-                  if teacher['status'] == 'pending'
-                  else ('teacher diverged')
-              )
-          }
-      )
+      if teacher['status'] == 'done':
+        entry.update(chain_state(root, run, students))
+      elif teacher['status'] == 'pending':
+        entry['status'] = 'pending'
+      else:
+        entry['status'] = 'teacher diverged'
     chains[key] = entry
-  chain_teachers = {
-      (c['output'], c['weighting']) for c in chains.values() if c['weighting']
+  return chains
+
+
+def _teacher_entry(
+    budget: Budget, root: str, run: tuple, ladder: list, in_chain: bool
+) -> dict:
+  """A teacher's state, the paper's values and, when trained, its scores:
+  a chain's teacher gets the whole DDIM ladder (the chain's dashed line)."""
+  entry = {
+      'output': run[0],
+      'weighting': run[1],
+      'workdir': os.path.join(root, run_name(*run)),
+      **teacher_state(root, run),
   }
-  teachers = []
-  for run in teacher_runs(budget):
-    entry = {
-        'output': run[0],
-        'weighting': run[1],
-        'workdir': os.path.join(root, run_name(*run)),
-        **teacher_state(root, run),
+  paper = parameterization_report.PAPER_TABLE_1[run]
+  entry['paper'] = (
+      {'stochastic': 'diverges', 'ddim': 'diverges'}
+      if paper is None
+      else {'stochastic': paper[0], 'ddim': paper[1]}
+  )
+  if entry['status'] == 'done':
+    steps = ladder if in_chain else budget.table_ddim_steps
+    entry.update(score_teacher(budget, root, run, tuple(steps)))
+    scores = list(entry['ddim'].values()) + list(entry['ancestral'].values())
+    entry['nonfinite_samples'] = any(s['nonfinite'] for s in scores)
+  entry['diverged_or_nan'] = (
+      None
+      if entry['status'] == 'pending'
+      else entry['status'] == 'diverged' or entry['nonfinite_samples']
+  )
+  return entry
+
+
+def _score_chain_entry(
+    budget: Budget, root: str, chain: dict, by_run: dict, ladder, start: int
+):
+  """Adds its teacher's DDIM line and, when distilled, its students'
+  scores to `chain`."""
+  run = (chain['output'], chain['weighting'])
+  if 'ddim' in by_run.get(run, {}):  # the teacher's line, chain or not
+    chain['ddim'] = {
+        n: by_run[run]['ddim'][n] for n in ladder if n in by_run[run]['ddim']
     }
-    paper = report_lib.PAPER_TABLE_1[run]
-    entry['paper'] = (
-        {'stochastic': 'diverges', 'ddim': 'diverges'}
-        if paper is None
-        else {'stochastic': paper[0], 'ddim': paper[1]}
-    )
-    if entry['status'] == 'done':
-      # A chain's teacher gets the whole DDIM ladder: the chain's dashed
-      # line.
-      steps = ladder if run in chain_teachers else budget.table_ddim_steps
-      entry.update(score_teacher(budget, root, run, tuple(steps)))
-      entry['nonfinite_samples'] = any(
-          s['nonfinite']
-          for s in list(entry['ddim'].values()) + list(
-              entry['ancestral'].values()
-          )
-      )
-    entry['diverged_or_nan'] = (
-        None
-        if entry['status'] == 'pending'
-        else entry['status'] == 'diverged' or entry['nonfinite_samples']
-    )
-    teachers.append(entry)
-  by_run = {(t['output'], t['weighting']): t for t in teachers}
-  for chain in chains.values():
-    run = (chain['output'], chain['weighting'])
-    if 'ddim' in by_run.get(run, {}):  # the teacher's line, chain or not
-      chain['ddim'] = {
-          n: by_run[run]['ddim'][n] for n in ladder if n in by_run[run]['ddim']
-      }
-    if chain['status'] != 'done':
-      continue
-    chain['students'] = score_chain(budget, root, run, start)
-    if chain['students'] is None:
-      chain['status'] = 'pending'  # another process holds the workdir
-      del chain['students']
+  if chain['status'] != 'done':
+    return
+  chain['students'] = score_chain(budget, root, run, start)
+  if chain['students'] is None:
+    chain['status'] = 'pending'  # another process holds the workdir
+    del chain['students']
+
+
+def _longer_rounds(
+    budget: Budget, root: str, students: list, start: int
+) -> dict:
+  """{output: the chain distilled again with longer final rounds}."""
   longer = {}
   for output in budget.longer_final_rounds:
     run = chain_run(root, output)
@@ -693,12 +721,7 @@ def collect(budget: Budget, root: str, config) -> dict:
       else:
         entry['students'] = scores
     longer[output] = entry
-  return {
-      'teachers': teachers,
-      'chains': chains,
-      'longer_final_rounds': longer,
-      'seed_repeats': seed_repeats(budget, root, by_run, config.seed),
-  }
+  return longer
 
 
 def seed_repeats(
@@ -760,23 +783,47 @@ def _versions() -> dict:
   return {name: importlib.metadata.version(name) for name in names}
 
 
-def _budget() -> Budget:
-  budget = QUICK if _QUICK.value else FULL
-  if _FRACTIONS.value:
-    fractions = tuple(float(f) for f in _FRACTIONS.value)
+def _budget(args) -> Budget:
+  budget = QUICK if args.quick else FULL
+  if args.variance_fractions:
+    fractions = tuple(float(f) for f in args.variance_fractions)
     if not all(0.0 <= f <= 1.0 for f in fractions):
       raise app.UsageError('--variance_fractions must lie in [0, 1].')
     budget = dataclasses.replace(budget, variance_fractions=fractions)
   return budget
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  budget = _budget()
-  suffix = '_quick' if _QUICK.value else ''
+def _pending(report: dict) -> list:
+  """What is not finished yet: teachers, chains, longer rounds, seeds."""
+  return (
+      [
+          run_name(t['output'], t['weighting'])
+          for t in report['teachers']
+          if t['status'] == 'pending'
+      ]
+      + [
+          f'{key} chain'
+          for key, c in report['chains'].items()
+          if c['status'] == 'pending'
+      ]
+      + [
+          f'{output} chain with longer final rounds'
+          for output, c in report['longer_final_rounds'].items()
+          if c['status'] == 'pending'
+      ]
+      + [
+          f'{name} seeds'
+          for name, r in report['seed_repeats'].items()
+          if r['status'] == 'pending'
+      ]
+  )
+
+
+def main(args):
+  budget = _budget(args)
+  suffix = '_quick' if args.quick else ''
   root = os.path.abspath(
-      _WORKDIR_ROOT.value
+      args.workdir_root
       or os.path.join(_HERE, 'results', 'tmp', f'parameterization{suffix}')
   )
   module = importlib.import_module(
@@ -784,7 +831,7 @@ def main(argv):
   )
   config = module.get_config()
   try:
-    if _TRAIN.value:
+    if args.train:
       train_missing(budget, root, config)
     report = collect(budget, root, config)
   except RunFailed as e:
@@ -792,7 +839,7 @@ def main(argv):
     sys.exit(1)
   floors = [t['real_vs_real_fd'] for t in report['teachers'] if 'ddim' in t]
   report.update(
-      variant='quick' if _QUICK.value else 'full',
+      variant='quick' if args.quick else 'full',
       **timing.provenance(),
       versions=_versions(),
       workdir_root=root,
@@ -813,37 +860,20 @@ def main(argv):
           'other_seeds': list(budget.other_seeds),
       },
       real_vs_real_fd=floors[0] if floors else None,
-      pending=[
-          run_name(t['output'], t['weighting'])
-          for t in report['teachers']
-          if t['status'] == 'pending'
-      ]
-      + [
-          f'{key} chain'
-          for key, c in report['chains'].items()
-          if c['status'] == 'pending'
-      ]
-      + [
-          f'{output} chain with longer final rounds'
-          for output, c in report['longer_final_rounds'].items()
-          if c['status'] == 'pending'
-      ]
-      + [
-          f'{name} seeds'
-          for name, r in report['seed_repeats'].items()
-          if r['status'] == 'pending'
-      ],
+      pending=_pending(report),
   )
-  report['findings'] = report_lib.findings(report, budget.table_ddim_steps[0])
-  os.makedirs(_OUT.value, exist_ok=True)
-  stem = os.path.join(_OUT.value, f'parameterization{suffix}')
-  table = report_lib.markdown(report)
+  report['findings'] = parameterization_report.findings(
+      report, budget.table_ddim_steps[0]
+  )
+  os.makedirs(args.out, exist_ok=True)
+  stem = os.path.join(args.out, f'parameterization{suffix}')
+  table = parameterization_report.markdown(report)
   files.write_json(report, stem + '.json')
   files.write_atomically(stem + '.md', table)
-  report_lib.plot(report, stem + '.png')
+  parameterization_report.plot(report, stem + '.png')
   print(table)
   print(f'Wrote {stem}.json, .md and .png')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command.run(_define_flags, main)

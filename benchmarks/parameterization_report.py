@@ -43,6 +43,46 @@ def _table_fd(teacher: dict, steps: int) -> float | None:
 def findings(report: dict, table_steps: int) -> dict:
   """The paper's findings, each {'holds': True | False | None (not known
   yet), 'detail': str}."""
+  return {
+      'eps_truncated_snr_diverges': _eps_truncated_snr_diverges(
+          report, table_steps
+      ),
+      **_stable_choices(report, table_steps),
+      'eps_degrades_when_distilled': _eps_degrades_when_distilled(report),
+      'longer_final_rounds': _longer_final_rounds(report),
+      'seed_noise': _seed_noise(report, table_steps),
+  }
+
+
+def _eps_truncated_snr_diverges(report: dict, table_steps: int) -> dict:
+  eps = next(
+      (
+          t
+          for t in report['teachers']
+          if (t['output'], t['weighting']) == ('eps', 'snr_trunc')
+      ),
+      None,
+  )
+  if eps is None or eps['diverged_or_nan'] is None:
+    return {'holds': None, 'detail': 'ε + truncated SNR not finished'}
+  stop = eps.get('diverged')
+  if stop:
+    detail = (
+        f'ε + truncated SNR diverged at {stop["phase"]} step {stop["step"]}'
+    )
+  elif eps['diverged_or_nan']:
+    detail = 'ε + truncated SNR gave NaN samples'
+  else:
+    detail = 'ε + truncated SNR trained without diverging' + _fd_note(
+        eps, table_steps
+    )
+  return {'holds': eps['diverged_or_nan'], 'detail': detail}
+
+
+def _stable_choices(report: dict, table_steps: int) -> dict:
+  """Whether the paper's stable choices (every row its Table 1 does not
+  mark as diverging, whether or not it diverged here) are close, and
+  whether x + truncated SNR is the best of them under DDIM."""
   teachers = report['teachers']
   scored = [t for t in teachers if _table_fd(t, table_steps) is not None]
   so_far = (
@@ -50,35 +90,6 @@ def findings(report: dict, table_steps: int) -> dict:
       if all(t['status'] != 'pending' for t in teachers)
       else f' (so far: {len(scored)} of {len(teachers)} teachers scored)'
   )
-  result = {}
-  eps = next(
-      (
-          t
-          for t in teachers
-          if (t['output'], t['weighting']) == ('eps', 'snr_trunc')
-      ),
-      None,
-  )
-  if eps is None or eps['diverged_or_nan'] is None:
-    result['eps_truncated_snr_diverges'] = {
-        'holds': None,
-        'detail': 'ε + truncated SNR not finished',
-    }
-  else:
-    stop = eps.get('diverged')
-    result['eps_truncated_snr_diverges'] = {
-        'holds': eps['diverged_or_nan'],
-        'detail': (
-            f'ε + truncated SNR diverged at {stop["phase"]} step {stop["step"]}'
-            if stop
-            else 'ε + truncated SNR gave NaN samples'
-            if eps['diverged_or_nan']
-            else 'ε + truncated SNR trained without diverging'
-            + _fd_note(eps, table_steps)
-        ),
-    }
-  # The paper's stable choices: every row its Table 1 does not mark as
-  # diverging, whether or not it diverged here.
   fds = {
       f"{t['output']}_{t['weighting']}": _table_fd(t, table_steps)
       for t in scored
@@ -86,38 +97,41 @@ def findings(report: dict, table_steps: int) -> dict:
       and PAPER_TABLE_1[(t['output'], t['weighting'])] is not None
   }
   if len(fds) < 2:
-    result['stable_choices_close'] = {
-        'holds': None,
-        'detail': 'fewer than 2 stable teachers scored',
+    unknown = {'holds': None, 'detail': 'fewer than 2 stable teachers scored'}
+    return {
+        'stable_choices_close': unknown,
+        'x_truncated_snr_best_ddim': dict(unknown),
     }
-    result['x_truncated_snr_best_ddim'] = {
-        'holds': None,
-        'detail': 'fewer than 2 stable teachers scored',
-    }
-  else:
-    low, high, spread = _spread(fds.values())
-    detail = f'DDIM-{table_steps} FD {low:.2f}-{high:.2f}, spread {spread:.0%}'
-    not_eps = [fd for name, fd in fds.items() if not name.startswith('eps_')]
-    if len(not_eps) >= 2 and len(not_eps) < len(fds):
-      low, high, rest = _spread(not_eps)
-      detail += f'; without ε {low:.2f}-{high:.2f}, spread {rest:.0%}'
-    result['stable_choices_close'] = {
-        'holds': spread <= PAPER_DDIM_SPREAD,
-        'spread': spread,
-        'detail': (
-            detail
-            + f" (the paper's DDIM FIDs: {PAPER_DDIM_SPREAD:.0%})"
-            + so_far
-        ),
-    }
-    best = min(fds, key=fds.get)
-    result['x_truncated_snr_best_ddim'] = {
-        'holds': best == 'x_snr_trunc',
-        'best': best,
-        'detail': (
-            f'best DDIM-{table_steps} FD: {best} {fds[best]:.2f}' + so_far
-        ),
-    }
+  low, high, spread = _spread(fds.values())
+  detail = f'DDIM-{table_steps} FD {low:.2f}-{high:.2f}, spread {spread:.0%}'
+  not_eps = [fd for name, fd in fds.items() if not name.startswith('eps_')]
+  if len(not_eps) >= 2 and len(not_eps) < len(fds):
+    low, high, rest = _spread(not_eps)
+    detail += f'; without ε {low:.2f}-{high:.2f}, spread {rest:.0%}'
+  best = min(fds, key=fds.get)
+  return {
+      'stable_choices_close': {
+          'holds': spread <= PAPER_DDIM_SPREAD,
+          'spread': spread,
+          'detail': (
+              detail
+              + f" (the paper's DDIM FIDs: {PAPER_DDIM_SPREAD:.0%})"
+              + so_far
+          ),
+      },
+      'x_truncated_snr_best_ddim': {
+          'holds': best == 'x_snr_trunc',
+          'best': best,
+          'detail': (
+              f'best DDIM-{table_steps} FD: {best} {fds[best]:.2f}' + so_far
+          ),
+      },
+  }
+
+
+def _eps_degrades_when_distilled(report: dict) -> dict:
+  """Whether every ε chain, whatever its weighting, ends further from its
+  teacher than every other output's."""
   ratios = {}  # by chain key: 'eps', or 'eps_snr' for an extra chain
   eps_keys = []
   for key, chain in report['chains'].items():
@@ -133,25 +147,19 @@ def findings(report: dict, table_steps: int) -> dict:
           eps_keys.append(key)
   others = [v for k, v in ratios.items() if k not in eps_keys]
   if not eps_keys or not others:
-    result['eps_degrades_when_distilled'] = {
+    return {
         'holds': None,
         'detail': 'an ε chain and another are not both scored',
         'one_step_over_best_teacher_fd': ratios,
     }
-  else:
-    # Every ε chain, whatever its weighting, ends further from its teacher
-    # than every other output's.
-    result['eps_degrades_when_distilled'] = {
-        'holds': min(ratios[k] for k in eps_keys) > max(others),
-        'one_step_over_best_teacher_fd': ratios,
-        'detail': (
-            "1-step student FD over the teacher's best DDIM FD: "
-            + ', '.join(f'{k} {v:.2f}' for k, v in ratios.items())
-        ),
-    }
-  result['longer_final_rounds'] = _longer_final_rounds(report)
-  result['seed_noise'] = _seed_noise(report, table_steps)
-  return result
+  return {
+      'holds': min(ratios[k] for k in eps_keys) > max(others),
+      'one_step_over_best_teacher_fd': ratios,
+      'detail': (
+          "1-step student FD over the teacher's best DDIM FD: "
+          + ', '.join(f'{k} {v:.2f}' for k, v in ratios.items())
+      ),
+  }
 
 
 def _seed_noise(report: dict, steps: int) -> dict:

@@ -20,18 +20,14 @@ fashion_mnist`).
 
 Resumable: rerunning with the same --workdir resumes the training where it
 stopped (a finished model's training time is read from its metadata) and
-the evaluation at the first entry not yet scored (evaluation.RowCache).
+the evaluation at the first entry not yet scored (evaluation/loop.py, RowCache).
 """
 
 import dataclasses
-import datetime
 import functools
 import os
-import platform
-import subprocess
 import tempfile
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -40,7 +36,7 @@ from benchmarks import speedup
 from benchmarks import timing
 from configs import test as test_config
 from diffusion_distillation import pipeline
-from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import loop as evaluation_loop
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
@@ -169,19 +165,6 @@ BENCHMARKS = {
 }
 
 
-def _git_commit() -> str:
-  try:
-    return subprocess.run(
-        ['git', 'rev-parse', '--short', 'HEAD'],
-        cwd=_HERE,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
 def measured_ratios(results: dict, timings: dict, speedups: list) -> dict:
   """Every figure a target may check (None when the run lacks a model it
   needs), and the teacher's best DDIM FD."""
@@ -299,7 +282,7 @@ def main(args):
       (
           ('teacher', pipeline.train_teacher),
           ('distill', pipeline.distill),
-          ('eval', functools.partial(evaluation.evaluate, keep_rows=True)),
+          ('eval', functools.partial(evaluation_loop.evaluate, keep_rows=True)),
       ),
   )
 
@@ -321,17 +304,7 @@ def main(args):
   summary = {
       'variant': variant,
       'dataset': config.dataset.name,
-      'date': (
-          datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec='seconds'
-          )
-      ),
-      'commit': _git_commit(),
-      'machine': (
-          f'{platform.machine()}, {os.cpu_count()} CPU cores, '
-          f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'
-      ),
-      'jax_version': jax.__version__,
+      **timing.provenance(),
       'config': {
           'train_steps': config.train.num_steps,
           'distill': (
@@ -351,18 +324,18 @@ def main(args):
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, stem_name)
   files.write_json(summary, stem + '.json')
-  evaluation.plot_fd_vs_steps(results, stem + '.png')
+  evaluation_loop.plot_fd_vs_steps(results, stem + '.png')
   with open(stem + '.md', 'w') as f:
     f.write(
-        f'{summary["date"]}, commit {summary["commit"]}, '
-        f'{summary["machine"]}; {summary["config"]["distill"]}, teacher '
+        f'{timing.provenance_line(summary)}; '
+        f'{summary["config"]["distill"]}, teacher '
         f'{summary["config"]["train_steps"]} steps.\n\n'
     )
-    f.write(evaluation.markdown_table(results))
+    f.write(evaluation_loop.markdown_table(results))
     f.write('\nEqual-quality speed-up against undistilled DDIM:\n\n')
     f.write(speedup.markdown(speedups))
     f.write('\n' + targets_markdown(summary['targets']))
-  print(evaluation.markdown_table(results))
+  print(evaluation_loop.markdown_table(results))
   print('Equal-quality speed-up against undistilled DDIM:')
   print(speedup.markdown(speedups))
   print(targets_markdown(summary['targets']))

@@ -37,7 +37,7 @@ from benchmarks import memory as memory_lib
 from benchmarks import timing
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation.training import sharding
+from diffusion_distillation.utils import sharding
 
 
 def _define_flags():

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_distillation.training import sharding
 from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results')
@@ -181,6 +181,17 @@ def provenance() -> dict:
       'git_commit': git('rev-parse', '--short', 'HEAD'),
       'git_dirty': bool(git('status', '--porcelain')),
   }
+
+
+def provenance_line(report: dict) -> str:
+  """The date, commit and machine of a report with provenance(), in one
+  line for the head of its Markdown."""
+  machine_ = report['machine']
+  return (
+      f"{report['date']}, commit {report['git_commit']}, {machine_['cpu']} "
+      f"({machine_['cpu_count']} cores, {machine_['backend']}), jax "
+      f"{report['jax_version']}"
+  )
 
 
 def proc_status_bytes(field: str) -> int:

@@ -20,7 +20,9 @@ def get_config():
   config.seed = 0
 
   config.dataset = dict(
-      name=_required(str),  # 'digits' (bundled) or a tfds name, see data.py
+      name=_required(
+          str
+      ),  # 'digits' (bundled) or a tfds name, see data/datasets.py
       class_conditional=_required(bool),
       num_classes=_required(int),  # used only when class_conditional
       image_size=_required(int),
@@ -70,7 +72,8 @@ def get_config():
       ema_decay=0.9999,  # 0: no EMA (models are the raw parameters)
       # 'constant' (the release: the EMA starts at the initial parameters,
       # which keep a share ema_decay^n after n steps) | 'warmup' |
-      # 'debias' (both start from the first update; see train_state.py).
+      # 'debias' (both start from the first update; see
+      # training/train_state.py).
       ema_schedule='constant',
       # Keep the old parameters when an update is NaN/inf (each skip is
       # logged); stop when more than max_skipped_fraction of the last 100

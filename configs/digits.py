@@ -47,8 +47,9 @@ def get_config():
       # The teacher's FD has settled by then (benchmarks/README.md).
       num_steps=1500,
       batch_size=128,
-      # On CPU the substeps are traced one after another (see steps.py) and
-      # a dispatch costs little, so 1 compiles fastest.
+      # On CPU the substeps are traced one after another (see
+      # training/steps.py) and a dispatch costs little, so 1 compiles
+      # fastest.
       substeps=1,
       learning_rate=2e-3,
       warmup_steps=100,

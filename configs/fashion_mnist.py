@@ -16,7 +16,7 @@ Hardware: 2 CPU cores. Time, measured on 2 idle cores (the figures below):
 the teacher about 45 minutes, the 7 rounds about 41, 1,000 samples of every
 model about 4 more; `python -m benchmarks.quality_vs_steps
 --config=configs/fashion_mnist.py` adds the evaluation (about 85 minutes)
-for under 3 hours in all. Result: benchmarks/results/fashion_mnist.md.
+for under 3 hours in all; it writes its figures to benchmarks/results/.
 
 `--config.dataset.class_conditional=True` trains and distills a
 class-conditional model instead (labels 0-9, cycled when sampling).
@@ -59,14 +59,14 @@ def get_config():
       num_groups=8,
       # 'v', not CIFAR-10's 'x': on digits at a short budget x's students
       # lost most to distillation (1-step FD 1.34x the teacher's best, v
-      # 1.18x: docs/results.md, the Table 1 section).
+      # 1.18x: README, the paper's Table 1 on digits).
       mean_type='v',
   )
   config.train.update(
       # 2,800 x 64 = 3 epochs: 45 minutes at 66 images/s.
       num_steps=2800,
       batch_size=64,
-      # On CPU the substeps are traced one after another (see steps.py) and
+      # On CPU the substeps are traced one after another (see training/steps.py) and
       # a dispatch costs little, so 1 compiles fastest.
       substeps=1,
       learning_rate=2e-3,  # the digits teacher's; Adam, clipped at norm 1
@@ -102,8 +102,8 @@ def get_config():
       ancestral_num_steps=(1, 2, 4, 8, 16, 32, 64, 128, 256),
       reference_num_steps=256,  # "the teacher with many steps" for fidelity
       # FD, precision and recall are measured in the features of a
-      # classifier trained on the train split (evaluation/
-      # reference_network.py: 0.909 test accuracy), against the 10,000 test
+      # classifier trained on the train split (0.909 test accuracy; see
+      # evaluation/reference_network.py), against the 10,000 test
       # images. 0: its own training length; fewer only for quick tests.
       classifier_train_steps=0,
       # Each entry's samples also go to <workdir>/eval/samples/ in the ADM

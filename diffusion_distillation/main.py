@@ -23,10 +23,10 @@ from ml_collections import config_flags
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
 from diffusion_distillation.guided import pipeline as guided_pipeline
-from diffusion_distillation.runs import preemption
 from diffusion_distillation.runs import workdir_lock
 from diffusion_distillation.utils import cli
 from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/.', lock_config=True
@@ -105,7 +105,8 @@ def run_mode(config, workdir: str, mode: str) -> dict:
 
 def main(argv):
   # The processes of a --distributed run would have to agree on the step to
-  # stop at; until they do, a signal ends them as it did (see preemption.py).
+  # stop at; until they do, a signal ends them as it did (see
+  # utils/preemption.py).
   signals = (
       contextlib.nullcontext() if _DISTRIBUTED.value else preemption.handled()
   )

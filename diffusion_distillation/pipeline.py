@@ -20,8 +20,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation.data import datasets as data
-from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.data import datasets
+from diffusion_distillation.evaluation import loop as evaluation_loop
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import run as run_lib
 from diffusion_distillation.runs import workdir as workdir_lib
@@ -70,8 +70,8 @@ def train_teacher(run: Run):
   """Trains the continuous-time teacher; saves it as models/0."""
   config = run.config
   grid_name = f'grid_teacher_{config.sample.teacher_num_steps}'
-  if 0 in run.store.models():
-    logging.info('Teacher already trained in %s', run.workdir)
+  if 0 in run.workdir.models():
+    logging.info('Teacher already trained in %s', run.workdir.path)
     _write_missing_grid(run, 0, config.sample.teacher_num_steps, grid_name)
     return
   phase = run.wing.phase(phases.TEACHER.name)
@@ -80,7 +80,7 @@ def train_teacher(run: Run):
       training_loop.whole_phase(
           phase,
           config,
-          run.store.checkpoints_dir(phase.checkpoints),
+          run.workdir.checkpoints_dir(phase.checkpoints),
           fresh_note='the teacher would start from its initialisation',
       ),
       trainer,
@@ -91,7 +91,7 @@ def train_teacher(run: Run):
   run.finish_phase(
       'Teacher training',
       trained,
-      save=functools.partial(run.store.save_model, 0),
+      save=functools.partial(run.workdir.save_model, 0),
       meta={'trained_steps': int(trained.state.step)},
       step=int(trained.state.step),
       minutes_key='train/minutes',
@@ -103,10 +103,10 @@ def train_teacher(run: Run):
 def _write_missing_grid(run: Run, model_steps: int, num_steps: int, name):
   """The sample grid of a model saved by a run that was killed before it
   could write the grid."""
-  grid = files.as_path(workdir_lib.samples_dir(run.workdir)) / f'{name}.png'
+  grid = files.as_path(run.workdir.samples_dir) / f'{name}.png'
   if not grid.exists():
     run.write_samples(
-        run.store.load(model_steps), num_steps=num_steps, name=name
+        run.workdir.load(model_steps), num_steps=num_steps, name=name
     )
 
 
@@ -117,7 +117,7 @@ def _first_teacher(run: Run, own_teacher: Callable):
   path = config.distill.teacher_checkpoint
   if not path:
     return own_teacher()
-  params, meta = run.store.load_from(path, source='teacher checkpoint')
+  params, meta = run.workdir.load_from(path, source='teacher checkpoint')
   teacher_steps = meta.get('num_sample_steps', 0)
   if teacher_steps and teacher_steps != config.distill.start_num_steps:
     raise errors.InputError(
@@ -136,11 +136,11 @@ def distill(run: Run, *, own_teacher: Callable | None = None):
     distill.teacher_checkpoint is empty; default models/0 (the guided wing
     passes its stage-one model).
   """
-  own_teacher = own_teacher or run.store.load_teacher
+  own_teacher = own_teacher or run.workdir.load_teacher
   student_step_counts = round_step_counts(run.config)
-  done = run.store.models()
+  done = run.workdir.models()
   if all(n in done for n in student_step_counts):
-    logging.info('Distillation already finished in %s', run.workdir)
+    logging.info('Distillation already finished in %s', run.workdir.path)
   trainers = {}  # by updates per round: the learning rate decays over them
   for round_index, student_steps in enumerate(student_step_counts):
     if student_steps in done:
@@ -158,7 +158,7 @@ def distill(run: Run, *, own_teacher: Callable | None = None):
     if round_index == 0:
       teacher = _first_teacher(run, own_teacher)
     else:
-      teacher = run.store.load(
+      teacher = run.workdir.load(
           student_step_counts[round_index - 1], source='previous round'
       )
     _distill_round(run, trainers[updates], teacher, round_index)
@@ -174,14 +174,12 @@ def _distill_round(run: Run, trainer, teacher, round_index: int):
   offset = sum(all_updates[:round_index])
   teacher_name = 'teacher'
   if round_index:
-    teacher_name = os.path.join(
-        workdir_lib.models_dir(run.workdir), str(2 * student_steps)
-    )
+    teacher_name = os.path.join(run.workdir.models_dir, str(2 * student_steps))
   phase = trainer.phase
   leg = training_loop.Leg(
       phase=phase,
       name=f'the {student_steps}-step round',
-      directory=run.store.checkpoints_dir(phase.checkpoints),
+      directory=run.workdir.checkpoints_dir(phase.checkpoints),
       num_updates=updates,
       meta={'phase': phase.name, 'num_sample_steps': student_steps},
       fresh_note=f'the round would start again from {teacher_name}',
@@ -201,7 +199,7 @@ def _distill_round(run: Run, trainer, teacher, round_index: int):
   run.finish_phase(
       f'Round {round_index + 1}/{num_rounds} ({student_steps} steps)',
       trained,
-      save=functools.partial(run.store.save_model, student_steps),
+      save=functools.partial(run.workdir.save_model, student_steps),
       meta={'distill_steps': updates},
       step=offset + updates,
       minutes_key='distill/round_minutes',
@@ -218,27 +216,49 @@ def sample(run: Run, num_samples: int | None = None) -> dict:
   sample.sampler, and writes samples_<N>_teacher.npz; each student uses its
   own N steps with DDIM. Returns {name: paths}.
   """
-  config = run.config
-  models = run.store.models()
-  if not models:
-    raise workdir_lib.no_models(run.workdir)
-  written = {}
-  for model_steps in models:
-    if model_steps == 0:
-      num_steps = config.sample.teacher_num_steps
-      method, name = config.sample.sampler, f'samples_{num_steps}_teacher'
+  settings, todo = run.config.sample, []
+  for n in run.workdir.models():
+    load = functools.partial(run.workdir.load, n)
+    if n == 0:
+      name = f'samples_{settings.teacher_num_steps}_teacher'
+      todo.append(
+          ModelSamples(name, load, settings.teacher_num_steps, settings.sampler)
+      )
     else:
-      num_steps, method = model_steps, 'ddim'
-      name = f'samples_{model_steps}'
+      todo.append(ModelSamples(f'samples_{n}', load, n, 'ddim'))
+  return write_model_samples(run, todo, num_samples=num_samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSamples:
+  """The samples of one model: their file name, the model's loader
+  (() -> params), and how they are drawn."""
+
+  name: str
+  load: Callable
+  num_steps: int
+  method: str
+
+
+def write_model_samples(
+    run: Run, todo: list, *, num_samples: int | None
+) -> dict:
+  """Writes each ModelSamples of `todo`, loading one model at a time;
+  returns {name: paths} (empty off process 0). A workdir without a model
+  (an empty `todo`) is refused."""
+  if not todo:
+    raise run.workdir.no_models()
+  written = {}
+  for entry in todo:
     paths = run.write_samples(
-        run.store.load(model_steps),
-        num_steps=num_steps,
-        name=name,
-        method=method,
+        entry.load(),
+        num_steps=entry.num_steps,
+        name=entry.name,
+        method=entry.method,
         num_samples=num_samples,
     )
     if paths:
-      written[name] = paths
+      written[entry.name] = paths
   return written
 
 
@@ -247,7 +267,7 @@ def sample(run: Run, num_samples: int | None = None) -> dict:
 
 
 def needs_training_data(run: Run):
-  if run.config.dataset.name not in data.IN_MEMORY_DATASETS:
+  if run.config.dataset.name not in datasets.IN_MEMORY_DATASETS:
     from diffusion_distillation.data import input_pipeline
 
     input_pipeline.check_prepared(run.config.dataset)
@@ -261,24 +281,24 @@ def rounds_need_own_teacher(run: Run) -> bool:
   if teacher:
     workdir_lib.resolve_model_path(teacher)
     return False
-  models = run.store.models()
+  models = run.workdir.models()
   return not all(n in models for n in round_step_counts(run.config))
 
 
 def _needs_first_teacher(run: Run):
   """Distillation starts from distill.teacher_checkpoint or models/0,
   unless every round is done."""
-  if rounds_need_own_teacher(run) and 0 not in run.store.models():
-    raise workdir_lib.missing_teacher(run.workdir)
+  if rounds_need_own_teacher(run) and 0 not in run.workdir.models():
+    raise run.workdir.missing_teacher()
 
 
 def needs_models(run: Run):
-  if not run.store.models():
-    raise workdir_lib.no_models(run.workdir)
+  if not run.workdir.models():
+    raise run.workdir.no_models()
 
 
 def _can_evaluate(run: Run):
-  evaluation.check_can_evaluate(run.config, run.workdir)
+  evaluation_loop.check_can_evaluate(run.config, run.workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +315,7 @@ MODES = {
     'train': Mode((train_teacher,), TRAINING),
     'distill': Mode((distill,), TRAINING + (_needs_first_teacher,)),
     'sample': Mode((sample,), (needs_models,)),
-    'eval': Mode((evaluation.evaluate,), (_can_evaluate,)),
+    'eval': Mode((evaluation_loop.evaluate,), (_can_evaluate,)),
     'all': Mode((train_teacher, distill, sample), TRAINING),
 }
 
@@ -307,10 +327,11 @@ def preflight(run: Run, mode: Mode):
     InputError: the workdir is a file, the training data is not prepared,
       or the models the mode starts from do not exist.
   """
-  path = files.as_path(run.workdir)
+  path = files.as_path(run.workdir.path)
   if path.exists() and not path.is_dir():
     raise errors.InputError(
-        f"--workdir={run.workdir} is a file; give a directory (new or a run's)."
+        f'--workdir={run.workdir.path} is a file; give a directory (new or a '
+        "run's)."
     )
   for check in mode.needs:
     check(run)

@@ -22,9 +22,9 @@ from diffusion_distillation import diffusion
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import schedules
 from diffusion_distillation import unet
-from diffusion_distillation.data import datasets as data
-from diffusion_distillation.training import sharding
+from diffusion_distillation.data import datasets
 from diffusion_distillation.utils import files
+from diffusion_distillation.utils import sharding
 
 METHODS = ('ddim', 'ancestral', 'stochastic')
 GRID_SIZE = 100  # samples shown in a .png grid
@@ -246,6 +246,6 @@ def sample_labels_for(
   """The labels to sample with, or None for an unconditional model."""
   if not config.dataset.class_conditional:
     return None
-  return data.sample_labels(
+  return datasets.sample_labels(
       num_samples, config.dataset.num_classes, list(config.sample.labels)
   )

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10 as configs_cifar10
+from configs import cifar10
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.data import input_pipeline
 from diffusion_distillation.evaluation import inception
-from diffusion_distillation.evaluation import loop as evaluation
+from diffusion_distillation.evaluation import loop as evaluation_loop
 from diffusion_distillation.evaluation import reference_network
-from diffusion_distillation.evaluation import scorers as eval_scorers
+from diffusion_distillation.evaluation import scorers as scorers_lib
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import errors
@@ -31,7 +31,7 @@ from tests.conftest import tiny_config
 
 def test_classifier_training_is_deterministic():
   settings = reference_network.ClassifierSettings(train_steps=20, batch_size=32)
-  train = data.load_digits('train')
+  train = datasets.load_digits('train')
   first = reference_network.train_classifier(settings, train)
   second = reference_network.train_classifier(settings, train)
   for a, b in zip(
@@ -42,7 +42,7 @@ def test_classifier_training_is_deterministic():
 
 def test_reference_network_is_accurate_and_cached():
   network = reference_network.ReferenceNetwork()
-  test = data.load_digits('test')
+  test = datasets.load_digits('test')
   assert network.accuracy(test.images, test.labels) > 0.95
   assert os.path.exists(network.cache_path)
   again = reference_network.ReferenceNetwork()
@@ -54,7 +54,7 @@ def test_reference_network_is_accurate_and_cached():
 
 def test_plan_covers_teacher_samplers_and_every_student():
   config = tiny_config()
-  entries = evaluation.plan(config, [0, 1, 2])
+  entries = evaluation_loop.plan(config, [0, 1, 2])
   assert [e.name for e in entries] == [
       'teacher_ddim_1',
       'teacher_ddim_4',
@@ -62,7 +62,7 @@ def test_plan_covers_teacher_samplers_and_every_student():
       'student_1',
       'student_2',
   ]
-  assert [e.name for e in evaluation.plan(config, [2, 4])] == [
+  assert [e.name for e in evaluation_loop.plan(config, [2, 4])] == [
       'student_2',
       'student_4',
   ]
@@ -71,18 +71,22 @@ def test_plan_covers_teacher_samplers_and_every_student():
 def test_each_student_is_compared_with_the_model_it_was_distilled_from():
   config = tiny_config()  # distills 4 -> 2 -> 1
   models = [0, 1, 2]
-  from_ = lambda n: evaluation.distilled_from(
-      evaluation.Entry(n, 'ddim', n), config, models
+  from_ = lambda n: evaluation_loop.distilled_from(
+      evaluation_loop.Entry(n, 'ddim', n), config, models
   )
-  assert from_(1) == evaluation.Entry(2, 'ddim', 2)
+  assert from_(1) == evaluation_loop.Entry(2, 'ddim', 2)
   # The first round's teacher is the continuous-time teacher at 4 steps.
-  assert from_(2) == evaluation.Entry(0, 'ddim', 4)
+  assert from_(2) == evaluation_loop.Entry(0, 'ddim', 4)
   assert (
-      evaluation.distilled_from(evaluation.Entry(0, 'ddim', 4), config, models)
+      evaluation_loop.distilled_from(
+          evaluation_loop.Entry(0, 'ddim', 4), config, models
+      )
       is None
   )
   assert (
-      evaluation.distilled_from(evaluation.Entry(2, 'ddim', 2), config, [2])
+      evaluation_loop.distilled_from(
+          evaluation_loop.Entry(2, 'ddim', 2), config, [2]
+      )
       is None
   )
 
@@ -121,7 +125,7 @@ def _results():
 
 
 def test_written_results_table_and_plot(tmp_path):
-  paths = evaluation.write_results(_results(), str(tmp_path))
+  paths = evaluation_loop.write_results(_results(), str(tmp_path))
   with open(paths['results.json']) as f:
     written = json.load(f)
   # An identical student gives PSNR +inf, which strict JSON cannot hold.
@@ -170,7 +174,7 @@ def _cifar10_config(**eval_overrides):
   })
   config.dataset.data_dir = ''
   config.dataset.shuffle_buffer = 64
-  eval_config = configs_cifar10.get_config().eval
+  eval_config = cifar10.get_config().eval
   eval_config.update(
       num_samples=8,
       batch_size=8,
@@ -183,7 +187,7 @@ def _cifar10_config(**eval_overrides):
 
 
 def test_paper_eval_settings():
-  settings = configs_cifar10.get_config().eval
+  settings = cifar10.get_config().eval
   assert settings.num_samples == 50_000  # the paper's
   assert settings.reference_num_images == 50_000  # CIFAR-10's train split
   assert settings.inception_weights == ''  # the user's file
@@ -286,5 +290,5 @@ def test_cifar10_eval_end_to_end_on_mock_data(tmp_path, monkeypatch):
   )
   run = pipeline.Run(config, workdir)
   features = inception.FeatureNetwork(inception.load_params(weights), run.mesh)
-  cached = eval_scorers.reference_statistics(run, features)
+  cached = scorers_lib.reference_statistics(run, features)
   assert cached.source == cache and cached.features.shape == (16, 2048)

@@ -15,6 +15,7 @@ from configs import test_guided
 from diffusion_distillation import network as network_lib
 from diffusion_distillation.guided import phases as guided_phases
 from diffusion_distillation.guided import pipeline as guided_pipeline
+from diffusion_distillation.guided import workdir as guided_workdir
 from diffusion_distillation.runs import run_config
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.training import health
@@ -48,7 +49,7 @@ def _params(path, config, *, student=True, num_sample_steps=0):
 
 
 @pytest.fixture(scope='module')
-def guided_workdir(tmp_path_factory):
+def guided_run(tmp_path_factory):
   """A finished tiny guided run (teacher, stage one, rounds 4 -> 2 -> 1,
   samples), with the compilations it logged."""
   workdir = str(tmp_path_factory.mktemp('guided') / 'workdir')
@@ -59,11 +60,11 @@ def guided_workdir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_guided_run_writes_every_model_and_sample(guided_workdir):
-  workdir, _, timings = guided_workdir
+def test_guided_run_writes_every_model_and_sample(guided_run):
+  workdir, _, timings = guided_run
   assert set(timings) == {'train_teacher', 'guide', 'distill', 'sample'}
   assert workdir_lib.saved_models(workdir) == [0, 1, 2]
-  assert workdir_lib.has_stage_one_model(workdir)
+  assert guided_workdir.has_stage_one_model(workdir)
   config = guided_config()
   teacher = _params(workdir, config, student=False)
   stage_one = _params(os.path.join(workdir, 'models_guide', '0'), config)
@@ -95,8 +96,8 @@ def test_guided_run_writes_every_model_and_sample(guided_workdir):
 
 
 @pytest.mark.slow
-def test_one_compilation_per_phase(guided_workdir):
-  _, compiled, _ = guided_workdir
+def test_one_compilation_per_phase(guided_run):
+  _, compiled, _ = guided_run
   count = lambda name: sum(f'Compiling jit({name})' in m for m in compiled)
   assert count('train_step') == 1, compiled
   assert count('guide_step') == 1, compiled
@@ -105,9 +106,9 @@ def test_one_compilation_per_phase(guided_workdir):
 
 @pytest.mark.slow
 def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
-    guided_workdir, tmp_path
+    guided_run, tmp_path
 ):
-  teacher_workdir, _, _ = guided_workdir
+  teacher_workdir, _, _ = guided_run
   overrides = {'guide.num_steps': 12, 'checkpoint.every_steps': 2}
   config = guided_config(**overrides)
 
@@ -137,7 +138,9 @@ def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
   kill_main_when_saved(
       flags, os.path.join(resumed, 'guide', '2'), what='stage one'
   )
-  assert not workdir_lib.has_stage_one_model(resumed), 'killed after stage one'
+  assert not guided_workdir.has_stage_one_model(
+      resumed
+  ), 'killed after stage one'
 
   result = run_python(['-m', 'diffusion_distillation.main'] + flags)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -149,9 +152,9 @@ def test_stage_one_resumed_after_sigkill_matches_uninterrupted(
 
 @pytest.mark.slow
 def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
-    guided_workdir, tmp_path, monkeypatch, caplog
+    guided_run, tmp_path, monkeypatch, caplog
 ):
-  teacher_workdir, _, _ = guided_workdir
+  teacher_workdir, _, _ = guided_run
   workdir = tmp_path / 'w'
   shutil.copytree(
       os.path.join(teacher_workdir, 'models', '0'), workdir / 'models' / '0'
@@ -173,7 +176,7 @@ def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
   message = str(stopped.value)
   assert 'guide diverged' in message and f'{workdir}/guide/2' in message
   assert '--config.guide.learning_rate=5e-05' in message
-  assert not workdir_lib.has_stage_one_model(str(workdir))
+  assert not guided_workdir.has_stage_one_model(str(workdir))
   monkeypatch.undo()
 
   # The rerun the message offers is accepted, recorded and resumed.
@@ -183,7 +186,7 @@ def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
       str(workdir),
       'guide',
   )
-  assert workdir_lib.has_stage_one_model(str(workdir))
+  assert guided_workdir.has_stage_one_model(str(workdir))
   with open(workdir / 'config_changes.json') as f:
     changes = json.load(f)
   assert changes[-1]['changed'] == {
@@ -195,8 +198,8 @@ def test_a_diverged_stage_one_resumes_with_the_rate_its_message_offers(
 
 
 @pytest.mark.slow
-def test_guided_eval_scores_every_model_at_every_w(guided_workdir):
-  workdir, _, _ = guided_workdir
+def test_guided_eval_scores_every_model_at_every_w(guided_run):
+  workdir, _, _ = guided_run
   guided_pipeline.run_mode(guided_config(), workdir, 'eval')
   with open(os.path.join(workdir, 'eval', 'guided_results.json')) as f:
     results = json.load(f)
@@ -293,10 +296,8 @@ def test_guidance_on_an_unguided_config_is_refused():
 
 
 @pytest.mark.slow
-def test_guided_benchmark_smoke_reuses_a_trained_workdir(
-    guided_workdir, tmp_path
-):
-  workdir, _, _ = guided_workdir
+def test_guided_benchmark_smoke_reuses_a_trained_workdir(guided_run, tmp_path):
+  workdir, _, _ = guided_run
   result = run_python([
       '-m',
       'benchmarks.guided_quality',
@@ -308,7 +309,7 @@ def test_guided_benchmark_smoke_reuses_a_trained_workdir(
   assert result.returncode == 0, result.stderr[-4000:]
   with open(tmp_path / 'guided_quality_smoke.json') as f:
     summary = json.load(f)
-  assert summary['variant'] == 'smoke' and summary['commit']
+  assert summary['variant'] == 'smoke' and summary['git_commit']
   training = summary['training']
   assert training['teacher_seconds'] > 0 and training['stage_one_seconds'] > 0
   assert set(training['distill_round_seconds']) == {'1', '2'}

@@ -224,7 +224,7 @@ _TWO_DEVICES = """
 import json, sys
 import jax, numpy as np
 from diffusion_distillation.evaluation import inception
-from diffusion_distillation.training import sharding
+from diffusion_distillation.utils import sharding
 params = inception.random_params(0)
 images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), np.uint8)
 out = {}

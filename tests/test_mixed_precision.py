@@ -8,9 +8,9 @@ import pytest
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation.data import datasets as data
-from diffusion_distillation.training import sharding
+from diffusion_distillation.data import datasets
 from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import sharding
 from tests.conftest import randomize_params
 from tests.conftest import tiny_config
 
@@ -70,10 +70,10 @@ def _training_losses(dtype, num_steps=24):
   mesh = sharding.make_mesh()
   trainer = trainer_lib.build(config, 'train', mesh)
   state = trainer.fresh_state(trainer.init_params(jax.random.key(0)), 0)
-  digits = data.load('digits')
+  digits = datasets.load('digits')
   losses = []
   for step in range(num_steps):
-    images, labels = data.batch_for_step(
+    images, labels = datasets.batch_for_step(
         digits, seed=0, step=step, batch_size=8, substeps=1
     )
     state, metrics = trainer.update(

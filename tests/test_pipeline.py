@@ -14,6 +14,7 @@ import pytest
 from diffusion_distillation import pipeline
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.training import phases
 from diffusion_distillation.utils import errors
 from tests.conftest import TEST_CONFIG
 from tests.conftest import TWO_CPU_DEVICES
@@ -150,9 +151,7 @@ def test_doubled_final_rounds_train_twice_as_long(trained_workdir, tmp_path):
     assert workdir_lib.model_meta(workdir, num_steps)['distill_steps'] == 8
   steps = sorted(
       int(name)
-      for name in os.listdir(
-          os.path.join(workdir, workdir_lib.DISTILL_CHECKPOINTS)
-      )
+      for name in os.listdir(os.path.join(workdir, phases.DISTILL.checkpoints))
       if name.isdigit()
   )
   assert steps[-1] == 16, steps  # the second round ends at 8 + 8
@@ -229,7 +228,8 @@ _DATA_PARALLEL_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from diffusion_distillation import pipeline
-from diffusion_distillation.training import sharding, trainer as trainer_lib
+from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import sharding
 from tests.conftest import tiny_config
 
 # One substep compiles twice as fast.
@@ -436,7 +436,7 @@ def test_quality_benchmark_smoke_reuses_a_trained_workdir(
   assert result.returncode == 0, result.stderr[-4000:]
   with open(tmp_path / 'quality_vs_steps_smoke.json') as f:
     summary = json.load(f)
-  assert summary['variant'] == 'smoke' and summary['commit']
+  assert summary['variant'] == 'smoke' and summary['git_commit']
   timings = summary['timings']
   assert timings['teacher_seconds'] > 0
   assert set(timings['distill_round_seconds']) == {'1', '2'}

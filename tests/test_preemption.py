@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from diffusion_distillation.runs import preemption
 from diffusion_distillation.utils import cli
+from diffusion_distillation.utils import preemption
 
 
 def _send(signum):

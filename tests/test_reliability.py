@@ -20,9 +20,9 @@ import pytest
 
 from configs import cifar10
 from diffusion_distillation import pipeline
-from diffusion_distillation.runs import checkpoints
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.runs import workdir_lock
+from diffusion_distillation.training import checkpoints
 from diffusion_distillation.training import health
 from diffusion_distillation.training import trainer as trainer_lib
 from diffusion_distillation.utils import cli

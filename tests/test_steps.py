@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distillation.data import datasets as data
-from diffusion_distillation.training import sharding
+from diffusion_distillation.data import datasets
 from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import sharding
 from tests.conftest import assert_trees_close
 from tests.conftest import tiny_config
 
@@ -25,8 +25,8 @@ def _config():
 
 
 def _batch(config, phase, mesh, step=0):
-  images, labels = data.batch_for_step(
-      data.load('digits'),
+  images, labels = datasets.batch_for_step(
+      datasets.load('digits'),
       seed=0,
       step=step,
       batch_size=config[phase].batch_size,

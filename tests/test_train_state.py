@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import network as network_lib
-from diffusion_distillation.training import sharding
 from diffusion_distillation.training import train_state as train_state_lib
 from diffusion_distillation.training import trainer as trainer_lib
+from diffusion_distillation.utils import sharding
 from tests.conftest import tiny_config
 
 

@@ -11,8 +11,8 @@
 Each process reads its own part of the train split
 (`tfds.split_for_jax_process`), shuffles it through a 50,000-example buffer
 (`dataset.shuffle_buffer`), repeats it forever and batches its share of the
-global batch into [substeps, B_local, ...], as `data.batch_for_step` does for
-the in-memory digits.
+global batch into [substeps, B_local, ...], as `datasets.batch_for_step` does
+for the in-memory digits.
 
 Resumption: a stream cannot jump to step s the way the digits batches can
 (that would mean reading s batches to throw them away). Instead a stream is
@@ -46,7 +46,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.data import prepare
 from diffusion_distillation.utils import errors
 
@@ -96,7 +96,7 @@ def decode_and_resize(example: dict, *, name: str, image_size: int):
   """One tfds example, image still encoded -> float32 [image_size,
   image_size, C] in [0, 255] (C: the dataset's channels), cropped and
   resized as the release did."""
-  channels = data.TFDS_DATASETS[name].channels
+  channels = datasets.TFDS_DATASETS[name].channels
   image = tf.io.decode_image(
       example['image'], channels=channels, expand_animations=False
   )
@@ -128,7 +128,7 @@ def preprocess(
       if 'label' in example
       else (tf.zeros((), tf.int32))
   )
-  if data.TFDS_DATASETS[name].random_flip:
+  if datasets.TFDS_DATASETS[name].random_flip:
     image = random_flip(image, seed)
   return {'image': image, 'label': label}
 
@@ -222,7 +222,9 @@ def reference_images(
   return np.concatenate(images)
 
 
-def load_split(name: str, split: str, *, data_dir: str = '') -> data.Dataset:
+def load_split(
+    name: str, split: str, *, data_dir: str = ''
+) -> datasets.Dataset:
   """A whole split of a dataset stored at its size (Fashion-MNIST, CIFAR-10)
   in memory, in file order: images [N, S, S, C] in [-1, 1], labels [N].
 
@@ -234,7 +236,7 @@ def load_split(name: str, split: str, *, data_dir: str = '') -> data.Dataset:
     errors.InputError with the command that prepares the data when it is
     not prepared under `data_dir`.
   """
-  info = data.TFDS_DATASETS[name]
+  info = datasets.TFDS_DATASETS[name]
   dataset = ml_collections.ConfigDict(dict(name=name, data_dir=data_dir))
   builder = tfds.builder(name, data_dir=data_dir or None)
   ds = _read_split(dataset, builder, split=split, shuffle_files=False)
@@ -251,8 +253,8 @@ def load_split(name: str, split: str, *, data_dir: str = '') -> data.Dataset:
   options.deterministic = True
   ds = ds.with_options(options).batch(10_000).prefetch(tf.data.AUTOTUNE)
   batches = list(ds.as_numpy_iterator())
-  return data.Dataset(
-      images=data.uint8_to_unit_interval(
+  return datasets.Dataset(
+      images=datasets.uint8_to_unit_interval(
           np.concatenate([b['image'] for b in batches])
       ),
       labels=np.concatenate([b['label'] for b in batches]),
@@ -329,7 +331,7 @@ def train_dataset(
 class TfdsStream:
   """Batches of a tfds dataset, asked for step by step like the digits'.
 
-  `batch_for_step` takes the arguments of `data.batch_for_step`; asked for
+  `batch_for_step` takes the arguments of `datasets.batch_for_step`; asked for
   the step that follows the previous call it continues the current stream,
   otherwise it builds a new one seeded by that step (module docstring).
   """
@@ -365,4 +367,4 @@ class TfdsStream:
       ).as_numpy_iterator()
     batch = next(self._iterator)
     self._next = (arguments, step + substeps)
-    return data.uint8_to_unit_interval(batch['image']), batch['label']
+    return datasets.uint8_to_unit_interval(batch['image']), batch['label']

@@ -12,8 +12,8 @@ from absl import logging
 
 from diffusion_distillation.evaluation import inception_net
 from diffusion_distillation.evaluation import inception_weights
-from diffusion_distillation.training import sharding
 from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import sharding
 
 
 class FeatureNetwork:

@@ -45,7 +45,7 @@ can be computed elsewhere (`fid.py`, the ADM evaluator).
 
 One loop serves both kinds of eval, this one and guided configs'
 (guided/evaluation.py): `score` samples each entry once (`Samples`) and
-hands the samples to a list of scorers (eval_scorers.py), small classes
+hands the samples to a list of scorers (scorers.py), small classes
 whose `run(entry, x)` returns the row's scores.
 """
 
@@ -63,16 +63,16 @@ from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
 from diffusion_distillation.evaluation import inception
 from diffusion_distillation.evaluation import reference_network
-from diffusion_distillation.evaluation import report as eval_report
-from diffusion_distillation.evaluation import scorers as eval_scorers
+from diffusion_distillation.evaluation import report as report_lib
+from diffusion_distillation.evaluation import scorers as scorers_lib
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import errors
 from diffusion_distillation.utils import files
 
 # What the steps eval writes; benchmarks redraw the table and plot from it.
-write_results = eval_report.BY_STEPS.write
-markdown_table = eval_report.markdown_table
-plot_fd_vs_steps = eval_report.plot_fd_vs_steps
+write_results = report_lib.BY_STEPS.write
+markdown_table = report_lib.markdown_table
+plot_fd_vs_steps = report_lib.plot_fd_vs_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +176,7 @@ def reference_entry(config, models: list, w: float | None = None):
   return Entry(0, 'ddim', config.eval.reference_num_steps, w)
 
 
-def check_can_evaluate(config, workdir) -> list:
+def check_can_evaluate(config, workdir: workdir_lib.Workdir) -> list:
   """The workdir's saved models; InputError when eval cannot run (checked
   before anything is written)."""
   if 'eval' not in config:
@@ -200,9 +200,9 @@ def check_can_evaluate(config, workdir) -> list:
           f'eval.{field}={path} does not exist; give an existing file '
           '(local or gs://), see docs/reproducing.md.'
       )
-  models = workdir_lib.saved_models(workdir)
+  models = workdir.models()
   if not models:
-    raise workdir_lib.no_models(workdir)
+    raise workdir.no_models()
   return models
 
 
@@ -227,7 +227,7 @@ def eval_sampler(run):
 
 def load_saved_model(run, entry: Entry):
   """The parameters of models/<entry.model_steps>."""
-  return run.store.load(entry.model_steps)
+  return run.workdir.load(entry.model_steps)
 
 
 class Samples:
@@ -303,14 +303,16 @@ class RowCache:
 
   def __init__(self, run):
     self._run = run
-    self._folder = files.as_path(workdir_lib.eval_dir(run.workdir)) / 'rows'
+    self._folder = files.as_path(run.workdir.eval_dir) / 'rows'
 
   def _source(self, entry: Entry) -> dict:
     config = self._run.config
     return {
         'version': self.VERSION,
         'entry': entry.describe(),
-        'model': workdir_lib.model_meta(self._run.workdir, entry.model_steps),
+        'model': workdir_lib.model_meta(
+            self._run.workdir.path, entry.model_steps
+        ),
         'eval': config.eval.to_dict(),
         'sample': config.sample.to_dict(),
         'dataset': config.dataset.to_dict(),
@@ -399,7 +401,7 @@ def run_eval(
     scorers: list,
     *,
     summary: dict,
-    report: eval_report.Report,
+    report: report_lib.Report,
     start: float,
     time_rows: bool = True,
     cache: RowCache | None = None,
@@ -410,7 +412,7 @@ def run_eval(
   config = run.config
   rows = score(entries, samples, scorers, time_rows=time_rows, cache=cache)
   results = {
-      'workdir': str(files.as_path(run.workdir)),
+      'workdir': str(files.as_path(run.workdir.path)),
       'dataset': config.dataset.name,
       'num_samples': config.eval.num_samples,
       'seed': config.eval.seed,
@@ -419,12 +421,13 @@ def run_eval(
       'seconds': time.time() - start,
   }
   if jax.process_index() == 0:
-    report.write(results, workdir_lib.eval_dir(run.workdir))
+    report.write(results, run.workdir.eval_dir)
   return results
 
 
 def evaluate(run, *, keep_rows: bool = False) -> dict:
-  """Scores every model of `run.workdir`; writes and returns the results.
+  """Scores every model of the run's workdir; writes and returns the
+  results.
 
   keep_rows: keep each scored row (RowCache), so that a rerun of an eval
   cut short continues (the benchmarks' long evals)."""
@@ -432,12 +435,12 @@ def evaluate(run, *, keep_rows: bool = False) -> dict:
   models = check_can_evaluate(config, run.workdir)
   if config.dataset.name in reference_network.SETTINGS:
     samples = Samples(run, keep=True)
-    classifier = eval_scorers.ClassifierScorer(
+    classifier = scorers_lib.ClassifierScorer(
         config.eval, config.dataset, samples.labels
     )
     scorers = [
         classifier,
-        eval_scorers.FidelityScorer(
+        scorers_lib.FidelityScorer(
             samples,
             lambda entry: reference_entry(config, models, entry.w),
             lambda entry: distilled_from(entry, config, models),
@@ -449,17 +452,17 @@ def evaluate(run, *, keep_rows: bool = False) -> dict:
     )
   else:
     samples = Samples(run, keep=False)
-    scorers = [eval_scorers.InceptionScorer(run)]
+    scorers = [scorers_lib.InceptionScorer(run)]
     summary = scorers[0].summary()
   if config.eval.get('save_samples'):
-    scorers.append(eval_scorers.SampleWriter(run, samples.labels))
+    scorers.append(scorers_lib.SampleWriter(run, samples.labels))
   return run_eval(
       run,
       plan(config, models),
       samples,
       scorers,
       summary=summary,
-      report=eval_report.BY_STEPS,
+      report=report_lib.BY_STEPS,
       start=start,
       cache=RowCache(run) if keep_rows else None,
   )

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.evaluation import metrics
 
 
@@ -75,12 +75,14 @@ class Classifier(nn.Module):
     return nn.Dense(self.settings.num_classes)(features), features
 
 
-def split_images(dataset: str, split: str, data_dir: str = '') -> data.Dataset:
+def split_images(
+    dataset: str, split: str, data_dir: str = ''
+) -> datasets.Dataset:
   """The real images a reference network learns from ('train') and samples
   are compared with ('test'): digits' fixed held-out fifth, Fashion-MNIST's
   10,000 test images (read through tfds from `data_dir`)."""
   if dataset == 'digits':
-    return data.load_digits(split)
+    return datasets.load_digits(split)
   # TensorFlow is imported only for the datasets that stream with it.
   from diffusion_distillation.data import input_pipeline
 
@@ -101,7 +103,7 @@ def _cache_path(settings: ClassifierSettings) -> str:
   )
 
 
-def train_classifier(settings: ClassifierSettings, train: data.Dataset):
+def train_classifier(settings: ClassifierSettings, train: datasets.Dataset):
   """Adam on cross-entropy over seeded epochs of `train`; returns params."""
   model = Classifier(settings)
   params = model.init(jax.random.key(settings.seed), train.images[:1])['params']
@@ -121,7 +123,7 @@ def train_classifier(settings: ClassifierSettings, train: data.Dataset):
     return optax.apply_updates(params, updates), opt_state
 
   for index in range(settings.train_steps):
-    images, labels = data.batch_for_step(
+    images, labels = datasets.batch_for_step(
         train, seed=settings.seed, step=index, batch_size=settings.batch_size
     )
     params, opt_state = step(params, opt_state, images[0], labels[0])

@@ -1,6 +1,6 @@
 """What --mode=eval writes: the results as JSON, a Markdown table and a plot.
 
-Two layouts, one per kind of eval (evaluation.py, guided/evaluation.py):
+Two layouts, one per kind of eval (loop.py, guided/evaluation.py):
 
   BY_STEPS     results.json, results.md, fd_vs_steps.png: FD (digits) or FID
                (tfds datasets) against sampling steps, one curve per way of

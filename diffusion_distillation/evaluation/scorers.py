@@ -24,13 +24,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.evaluation import fid as fid_lib
 from diffusion_distillation.evaluation import inception
 from diffusion_distillation.evaluation import metrics
 from diffusion_distillation.evaluation import precision_recall
 from diffusion_distillation.evaluation import reference_network
-from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import files
 
 
@@ -188,7 +187,7 @@ def reference_statistics(
       f'reference_{dataset.name.replace("/", "_")}_{dataset.image_size}px_'
       f'{settings.reference_num_images}_{network.fingerprint}.npz'
   )
-  path = os.path.join(workdir_lib.eval_dir(run.workdir), name)
+  path = os.path.join(run.workdir.eval_dir, name)
   if files.as_path(path).exists():
     logging.info('Reading the reference statistics from %s', path)
     return fid_lib.load_reference(path, network, batch_size=settings.batch_size)
@@ -229,7 +228,7 @@ class InceptionScorer:
   def run(self, entry, x) -> dict:
     del entry  # every entry is scored alike
     return fid_lib.score(
-        data.unit_interval_to_uint8(x),
+        datasets.unit_interval_to_uint8(x),
         self.reference,
         self.network,
         batch_size=self._settings.batch_size,
@@ -258,14 +257,14 @@ class SampleWriter:
   class-conditional model. Adds no score."""
 
   def __init__(self, run, labels: np.ndarray | None):
-    self._folder = os.path.join(workdir_lib.eval_dir(run.workdir), 'samples')
+    self._folder = os.path.join(run.workdir.eval_dir, 'samples')
     self._labels = (
         {} if labels is None else {'arr_1': np.asarray(labels, np.int32)}
     )
 
   def run(self, entry, x) -> dict:
     if jax.process_index() == 0:
-      images = data.unit_interval_to_uint8(x)
+      images = datasets.unit_interval_to_uint8(x)
       if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
       buffer = io.BytesIO()

@@ -9,7 +9,7 @@ take w as an input (one evaluation, network.denoise_fn).
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import unet
-from diffusion_distillation.guided import guidance as guidance_lib
+from diffusion_distillation.guided import guidance
 
 
 def denoise_fn(
@@ -30,7 +30,7 @@ def denoise_fn(
     return network_lib.denoise_fn(
         network, params, labels, w=w, mean_type=mean_type, clip_x=clip_x
     )
-  return guidance_lib.make_guided_denoise_fn(
+  return guidance.make_guided_denoise_fn(
       lambda z, logsnr, y: network.apply(
           {'params': params}, z, logsnr, y, train=False
       ),

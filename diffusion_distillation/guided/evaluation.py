@@ -1,8 +1,8 @@
 """--mode=eval for guided configs: sample quality against guidance strength.
 
 For each w in eval.guidance, every model of a guided workdir is sampled from
-ONE shared starting noise and label list and scored as evaluation.py scores
-unguided models (digits only: Fréchet distance in the reference
+ONE shared starting noise and label list and scored as evaluation/loop.py
+scores unguided models (digits only: Fréchet distance in the reference
 classifier's feature space against the held-out test split, and the
 classifier's accuracy on the requested labels), plus the classifier's mean
 confidence (its largest softmax probability) and its mean probability of
@@ -21,40 +21,41 @@ the requested label:
 Each entry also reports its network evaluations per sample and its
 MSE / PSNR against the guided teacher at eval.reference_num_steps DDIM steps
 from the same noise, labels and w. Results go to <workdir>/eval/
-guided_results.json (+ guided_results.md, guided_vs_w.png; eval_report.py).
+guided_results.json (+ guided_results.md, guided_vs_w.png;
+evaluation/report.py).
 
-The loop, the digits scores and the fidelity are evaluation.py's; this
-module adds what is guided: the entries per w, the models' loaders and the
-classifier's confidence.
+The loop, the digits scores and the fidelity are evaluation/loop.py's and
+evaluation/scorers.py's; this module adds what is guided: the entries per
+w, the models' loaders and the classifier's confidence.
 """
 
 import time
 
 import numpy as np
 
-from diffusion_distillation.evaluation import loop as evaluation
-from diffusion_distillation.evaluation import report as eval_report
-from diffusion_distillation.evaluation import scorers as eval_scorers
-from diffusion_distillation.runs import workdir as workdir_lib
+from diffusion_distillation.evaluation import loop as evaluation_loop
+from diffusion_distillation.evaluation import report as report_lib
+from diffusion_distillation.evaluation import scorers as scorers_lib
+from diffusion_distillation.guided import workdir as guided_workdir
 from diffusion_distillation.utils import errors
 
 
-def plan(config, workdir) -> list:
+def plan(config, workdir: guided_workdir.GuidedWorkdir) -> list:
   """The entries to evaluate for what the workdir holds, w by w."""
-  models = workdir_lib.saved_models(workdir)
+  models = workdir.models()
   entries = []
   for w in config.eval.guidance:
-    entries += evaluation.plan(
+    entries += evaluation_loop.plan(
         config,
         models,
         w=float(w),
-        stage_one=workdir_lib.has_stage_one_model(workdir),
+        stage_one=workdir.has_stage_one(),
         student_samplers=tuple(config.eval.student_samplers),
     )
   return entries
 
 
-def check_can_evaluate(config, workdir):
+def check_can_evaluate(config, workdir: guided_workdir.GuidedWorkdir):
   if config.dataset.name != 'digits':
     raise errors.InputError(
         'Guided --mode=eval scores the bundled digits only, not '
@@ -67,8 +68,8 @@ def check_can_evaluate(config, workdir):
         'This config has no eval section; --mode=eval needs one (see '
         'configs/digits_guided.py).'
     )
-  if not workdir_lib.saved_models(workdir):
-    raise workdir_lib.no_models(workdir, guided=True)
+  if not workdir.models():
+    raise workdir.no_models()
 
 
 def _softmax(logits):
@@ -85,13 +86,13 @@ class GuidedScorer:
 
   def __init__(
       self,
-      digits: eval_scorers.ClassifierScorer,
-      samples: evaluation.Samples,
+      digits: scorers_lib.ClassifierScorer,
+      samples: evaluation_loop.Samples,
   ):
     self._digits = digits
     self._samples = samples
 
-  def run(self, entry: evaluation.Entry, x) -> dict:
+  def run(self, entry: evaluation_loop.Entry, x) -> dict:
     labels = self._samples.labels
     probs = _softmax(np.asarray(self._digits.logits(x), np.float64))
     return {
@@ -110,22 +111,22 @@ class SamplingSeconds:
   compilation where its (steps, method, model kind) is sampled first; w is
   an argument, so later strengths reuse it."""
 
-  def __init__(self, samples: evaluation.Samples):
+  def __init__(self, samples: evaluation_loop.Samples):
     self._samples = samples
 
-  def run(self, entry: evaluation.Entry, x) -> dict:
+  def run(self, entry: evaluation_loop.Entry, x) -> dict:
     del x  # timed when it was drawn
     return {'sampling_seconds': self._samples.seconds[entry]}
 
 
-def _load(run, entry: evaluation.Entry):
+def _load(run, entry: evaluation_loop.Entry):
   """The guided teacher (no w-embedding), the stage-one model or a
   student."""
   if entry.model == 'teacher':
-    return run.store.load_teacher()
+    return run.workdir.load_teacher()
   if entry.model == 'guide':
-    return run.store.load_stage_one()
-  return evaluation.load_saved_model(run, entry)
+    return run.workdir.load_stage_one()
+  return evaluation_loop.load_saved_model(run, entry)
 
 
 def evaluate(run, *, entries: list | None = None) -> dict:
@@ -133,18 +134,18 @@ def evaluate(run, *, entries: list | None = None) -> dict:
   returns the results. `entries` (default: `plan`) selects a subset."""
   config, workdir, start = run.config, run.workdir, time.time()
   check_can_evaluate(config, workdir)
-  models = workdir_lib.saved_models(workdir)
-  samples = evaluation.Samples(
+  models = workdir.models()
+  samples = evaluation_loop.Samples(
       run, keep=True, load=lambda entry: _load(run, entry)
   )
-  digits = eval_scorers.ClassifierScorer(
+  digits = scorers_lib.ClassifierScorer(
       config.eval, config.dataset, samples.labels
   )
-  fidelities = eval_scorers.FidelityScorer(
+  fidelities = scorers_lib.FidelityScorer(
       samples,
-      lambda entry: evaluation.reference_entry(config, models, entry.w),
+      lambda entry: evaluation_loop.reference_entry(config, models, entry.w),
   )
-  return evaluation.run_eval(
+  return evaluation_loop.run_eval(
       run,
       plan(config, workdir) if entries is None else entries,
       samples,
@@ -154,7 +155,7 @@ def evaluate(run, *, entries: list | None = None) -> dict:
           'reference_num_steps': config.eval.reference_num_steps,
           **digits.summary(),
       },
-      report=eval_report.BY_GUIDANCE,
+      report=report_lib.BY_GUIDANCE,
       start=start,
       time_rows=False,
   )

@@ -19,11 +19,15 @@ import ml_collections
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation.guided import steps
-from diffusion_distillation.runs import workdir
 from diffusion_distillation.training import phases
 
 # Stage one's random stream (and its w-embedding's initialisation).
 STAGE_ONE_STREAM = phases.FIRST_WING_STREAM
+
+
+def stage_one_init_key(seed: int):
+  """The key of the w-embedding's initial parameters."""
+  return phases.stream_key(seed, STAGE_ONE_STREAM)
 
 
 def _stage_one_options(config: ml_collections.ConfigDict) -> dict:
@@ -45,7 +49,7 @@ TEACHER = dataclasses.replace(
 GUIDE = phases.Phase(
     name='guide',
     description='stage one',
-    checkpoints=workdir.GUIDE_CHECKPOINTS,
+    checkpoints='guide',
     rng_stream=STAGE_ONE_STREAM,
     step=steps.guide_step,
     has_teacher=True,

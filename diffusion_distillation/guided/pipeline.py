@@ -5,10 +5,12 @@ The guided teacher trains with the core's `pipeline.train_teacher` and
 stage two is `pipeline.distill`, both with the guided phase table
 (phases.py: labels dropped, w drawn per example); stage one (`guide`),
 stage two's first teacher (the stage-one model) and sampling at w are
-here. Where each model lives: workdir.py.
+here. Where each model lives: workdir.py (the wing's) and runs/workdir.py.
 
 Each phase function takes a `run.Run` of the guided wing.
 """
+
+import functools
 
 import ml_collections
 from absl import logging
@@ -19,9 +21,8 @@ from diffusion_distillation.guided import config_checks
 from diffusion_distillation.guided import evaluation
 from diffusion_distillation.guided import phases
 from diffusion_distillation.guided import sampling
+from diffusion_distillation.guided import workdir as guided_workdir
 from diffusion_distillation.runs import run as run_lib
-from diffusion_distillation.runs import workdir as workdir_lib
-from diffusion_distillation.training import phases as phases_lib
 from diffusion_distillation.training import trainer as trainer_lib
 from diffusion_distillation.training import training_loop
 from diffusion_distillation.utils import errors
@@ -33,24 +34,22 @@ def guide(run):
   teacher's parameters plus a w-embedding whose output is zero; saves it
   as models_guide/0 and resumes from guide/ checkpoints."""
   config = run.config
-  if run.store.has_stage_one():
-    logging.info('Stage one already done in %s', run.workdir)
+  if run.workdir.has_stage_one():
+    logging.info('Stage one already done in %s', run.workdir.path)
     return
-  teacher = run.store.load_teacher()
+  teacher = run.workdir.load_teacher()
   trainer = trainer_lib.build(config, phases.GUIDE, run.mesh)
   trained = run.train(
       training_loop.whole_phase(
           phases.GUIDE,
           config,
-          run.store.checkpoints_dir(phases.GUIDE.checkpoints),
+          run.workdir.checkpoints_dir(phases.GUIDE.checkpoints),
           fresh_note='stage one would start again from the teacher',
       ),
       trainer,
       start_params=lambda: network_lib.add_guidance_embedding(
           teacher,
-          trainer.init_params(
-              phases_lib.stream_key(config.seed, phases.STAGE_ONE_STREAM)
-          ),
+          trainer.init_params(phases.stage_one_init_key(config.seed)),
       ),
       teacher=teacher,
   )
@@ -58,7 +57,7 @@ def guide(run):
   run.finish_phase(
       'Stage one',
       trained,
-      save=run.store.save_stage_one,
+      save=run.workdir.save_stage_one,
       meta={'guide_steps': int(trained.state.step)},
       step=int(trained.state.step),
       minutes_key='guide/minutes',
@@ -70,7 +69,7 @@ def guide(run):
 def distill(run):
   """Stage two: the core's rounds (pipeline.distill), the first from the
   stage-one model unless distill.teacher_checkpoint names another."""
-  pipeline.distill(run, own_teacher=run.store.load_stage_one)
+  pipeline.distill(run, own_teacher=run.workdir.load_stage_one)
 
 
 def sample(run, num_samples: int | None = None) -> dict:
@@ -80,35 +79,34 @@ def sample(run, num_samples: int | None = None) -> dict:
   (distill.start_num_steps DDIM steps) and each student (its N DDIM steps).
   Files: samples_<steps>_teacher_w<w>, samples_<steps>_guide_w<w>,
   samples_<N>_w<w> (.npz + .png). Returns {name: paths}."""
-  config, store = run.config, run.store
-  w = config.sample.guidance
-  todo = []
-  models = store.models()
+  config, workdir = run.config, run.workdir
+  w, todo = config.sample.guidance, []
+  models = workdir.models()
   if 0 in models:
     steps = config.sample.teacher_num_steps
-    teacher = (store.load_teacher, steps, config.sample.sampler)
-    todo.append((f'samples_{steps}_teacher_w{w:g}', *teacher))
-  if store.has_stage_one():
+    todo.append(
+        pipeline.ModelSamples(
+            f'samples_{steps}_teacher_w{w:g}',
+            workdir.load_teacher,
+            steps,
+            config.sample.sampler,
+        )
+    )
+  if workdir.has_stage_one():
     steps = config.distill.start_num_steps
-    stage_one = (store.load_stage_one, steps, 'ddim')
-    todo.append((f'samples_{steps}_guide_w{w:g}', *stage_one))
+    todo.append(
+        pipeline.ModelSamples(
+            f'samples_{steps}_guide_w{w:g}',
+            workdir.load_stage_one,
+            steps,
+            'ddim',
+        )
+    )
   for n in models:
     if n > 0:
-      todo.append((f'samples_{n}_w{w:g}', lambda n=n: store.load(n), n, 'ddim'))
-  if not todo:
-    raise workdir_lib.no_models(run.workdir, guided=True)
-  written = {}
-  for name, load, steps, method in todo:
-    paths = run.write_samples(
-        load(),
-        num_steps=steps,
-        name=name,
-        method=method,
-        num_samples=num_samples,
-    )
-    if paths:
-      written[name] = paths
-  return written
+      load = functools.partial(workdir.load, n)
+      todo.append(pipeline.ModelSamples(f'samples_{n}_w{w:g}', load, n, 'ddim'))
+  return pipeline.write_model_samples(run, todo, num_samples=num_samples)
 
 
 # ----------------------------------------------------------------------------
@@ -116,15 +114,15 @@ def sample(run, num_samples: int | None = None) -> dict:
 
 
 def _needs_guided_teacher(run):
-  if 0 not in run.store.models() and not run.store.has_stage_one():
-    raise workdir_lib.missing_guided_teacher(run.workdir)
+  if 0 not in run.workdir.models() and not run.workdir.has_stage_one():
+    raise run.workdir.missing_teacher()
 
 
 def _needs_stage_one(run):
   """Stage two starts from distill.teacher_checkpoint or the stage-one
   model, unless every round is done."""
-  if pipeline.rounds_need_own_teacher(run) and not run.store.has_stage_one():
-    raise workdir_lib.missing_stage_one(run.workdir)
+  if pipeline.rounds_need_own_teacher(run) and not run.workdir.has_stage_one():
+    raise run.workdir.missing_stage_one()
 
 
 def _can_evaluate(run):
@@ -148,6 +146,7 @@ WING = run_lib.Wing(
     check_config=config_checks.check_config,
     sampler=sampling.GuidedSampler,
     sections=('guidance', 'guide'),
+    workdir=guided_workdir.GuidedWorkdir,
 )
 
 

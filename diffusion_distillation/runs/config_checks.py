@@ -14,9 +14,9 @@ from diffusion_distillation import diffusion
 from diffusion_distillation import sampling
 from diffusion_distillation import schedules
 from diffusion_distillation import unet
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.training import phases
-from diffusion_distillation.training import train_state
+from diffusion_distillation.training import train_state as train_state_lib
 from diffusion_distillation.utils import errors
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')  # model.dtype
@@ -77,14 +77,14 @@ def check_optimization(section: ml_collections.ConfigDict, name: str):
 
 def check_dataset(dataset: ml_collections.ConfigDict):
   """The name is known; image size and classes fit a tfds dataset."""
-  names = data.IN_MEMORY_DATASETS + tuple(data.TFDS_DATASETS)
+  names = datasets.IN_MEMORY_DATASETS + tuple(datasets.TFDS_DATASETS)
   if dataset.name not in names:
     raise errors.InputError(
         f'Unknown dataset.name {dataset.name!r}; choose one of {names}.'
     )
-  if dataset.name not in data.TFDS_DATASETS:
+  if dataset.name not in datasets.TFDS_DATASETS:
     return
-  native_size, num_classes, channels, _ = data.TFDS_DATASETS[dataset.name]
+  native_size, num_classes, channels, _ = datasets.TFDS_DATASETS[dataset.name]
   if native_size and dataset.image_size != native_size:
     raise errors.InputError(
         f'dataset.image_size={dataset.image_size}, but '
@@ -182,12 +182,12 @@ def check_config(
 def check_phase(
     config: ml_collections.ConfigDict, phase: phases.Phase, num_devices: int
 ):
-  """The checks every phase's section gets alike (phases.py)."""
+  """The checks every phase's section gets alike (training/phases.py)."""
   section, settings = phase.name, phase.settings(config)
   check_optimization(settings, section)
   check_batch(settings.batch_size, num_devices, section)
   try:
-    train_state.check_ema_schedule(settings.ema_schedule)
+    train_state_lib.check_ema_schedule(settings.ema_schedule)
   except ValueError as e:
     raise errors.InputError(f'{section}: {e}') from None
   fraction = settings.max_skipped_fraction

@@ -18,14 +18,14 @@ from absl import logging
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import sampling
-from diffusion_distillation.data import datasets as data
+from diffusion_distillation.data import datasets
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import run_config
 from diffusion_distillation.runs import workdir as workdir_lib
-from diffusion_distillation.training import phases as phases_lib
-from diffusion_distillation.training import sharding
+from diffusion_distillation.training import phases
 from diffusion_distillation.training import training_loop
 from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import sharding
 
 # The config sections the core's phases and modes read.
 CORE_SECTIONS = (
@@ -57,20 +57,23 @@ class Wing:
     sections: the config sections it reads beyond CORE_SECTIONS: a config
       with a section no wing of the run reads is refused, rather than
       trained as if the section were not there.
+    workdir: workdir.Workdir or a subclass (the wing's own models), built
+      as (path, config, mesh).
   """
 
   phases: tuple
   check_config: Callable
   sampler: type
   sections: tuple = ()
+  workdir: type = workdir_lib.Workdir
 
-  def phase(self, name: str) -> phases_lib.Phase:
+  def phase(self, name: str) -> phases.Phase:
     """The phase of the table called `name`."""
-    return phases_lib.get(name, self.phases)
+    return phases.get(name, self.phases)
 
 
 CORE = Wing(
-    phases=phases_lib.PHASES,
+    phases=phases.PHASES,
     check_config=config_checks.check_config,
     sampler=sampling.Sampler,
 )
@@ -83,7 +86,8 @@ class Run:
   that the workdir holds no run of another config; it writes nothing.
   `record_config` writes config.json (and config_changes.json when a
   recovery field changed) once the mode's inputs are checked and the
-  workdir is locked. `store` loads and saves the workdir's models.
+  workdir is locked. `workdir` (a workdir.Workdir, or the wing's
+  subclass) knows the workdir's folders and loads and saves its models.
   """
 
   def __init__(
@@ -105,9 +109,8 @@ class Run:
           "runs each config with its wing's phases."
       )
     self.config = wing.check_config(config, self.mesh.size)
-    self.workdir = workdir
     self.config_changes = run_config.check(workdir, config, wing.phases)
-    self.store = workdir_lib.Workdir(workdir, config, self.mesh)
+    self.workdir = wing.workdir(workdir, config, self.mesh)
     if writer is not None:
       self.writer = writer
 
@@ -117,7 +120,7 @@ class Run:
 
   def record_config(self):
     """Writes config.json, and the recovery changes it accepted."""
-    run_config.record(self.workdir, self.config, self.config_changes)
+    run_config.record(self.workdir.path, self.config, self.config_changes)
 
   @functools.cached_property
   def writer(self):
@@ -128,15 +131,15 @@ class Run:
     from clu import metric_writers
 
     return metric_writers.create_default_writer(
-        self.workdir, just_logging=jax.process_index() > 0
+        self.workdir.path, just_logging=jax.process_index() > 0
     )
 
   @functools.cached_property
   def dataset(self):
-    """The training data: a data.Dataset (digits, in memory) or an
+    """The training data: a datasets.Dataset (digits, in memory) or an
     input_pipeline.TfdsStream (tfds names)."""
-    if self.config.dataset.name in data.IN_MEMORY_DATASETS:
-      return data.load(self.config.dataset.name, 'train')
+    if self.config.dataset.name in datasets.IN_MEMORY_DATASETS:
+      return datasets.load(self.config.dataset.name, 'train')
     # TensorFlow is imported only for the datasets that stream with it.
     from diffusion_distillation.data import input_pipeline
 
@@ -159,8 +162,8 @@ class Run:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    if isinstance(self.dataset, data.Dataset):
-      images, labels = data.batch_for_step(self.dataset, **where)
+    if isinstance(self.dataset, datasets.Dataset):
+      images, labels = datasets.batch_for_step(self.dataset, **where)
     else:
       images, labels = self.dataset.batch_for_step(**where)
     return sharding.device_batch(images, labels, self.mesh)
@@ -248,9 +251,9 @@ class Run:
     )
     if jax.process_index() != 0:
       return None
-    images = data.unit_interval_to_uint8(x)
+    images = datasets.unit_interval_to_uint8(x)
     paths = sampling.write_samples(
-        workdir_lib.samples_dir(self.workdir), name, images, labels
+        self.workdir.samples_dir, name, images, labels
     )
     if step is not None:
       self.writer.write_images(

@@ -1,21 +1,22 @@
 """The workdir: its layout, the models it keeps, and the run-config guard.
 
-Layout (every folder name is spelled here and nowhere else):
+Layout (its folder names are spelled here, but for the checkpoint folders,
+which the phase table names: training/phases.py):
   config.json           the config that started the run (guards resumption)
-  config_changes.json   recovery changes accepted on resume (see phases.py)
+  config_changes.json   recovery changes accepted on resume (run_config.py)
   teacher/<step>/       periodic teacher TrainStates (bounded number kept)
-  guide/<step>/         guided configs: periodic stage-one TrainStates
   distill/<step>/       periodic student TrainStates, step counted over all
                         rounds (bounded number kept)
   <folder>.corrupt/     checkpoints that did not restore, moved aside
   models/<N>/           final EMA parameters of each model, kept forever:
-                        N = 0 is the continuous-time teacher (a guided
-                        config's: no w-embedding), N > 0 the student that
-                        samples in N steps
-  models_guide/0/       guided configs: the stage-one model (w-conditioned,
-                        continuous time), stage two's first teacher
-  samples/              samples_<N>.npz and grid_<N>.png
+                        N = 0 is the continuous-time teacher, N > 0 the
+                        student that samples in N steps
+  samples/              samples_<N>.npz, samples_<N>_teacher.npz and their
+                        grids
   eval/                 evaluation results
+
+A wing adds its own folders through a `Workdir` subclass (the guided
+wing's guide/ and models_guide/: diffusion_distillation/guided/workdir.py).
 
 Module functions take a path and work without a config (tests, notebooks,
 the release importer); `Workdir` binds one to a run's config and mesh, so
@@ -32,16 +33,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from diffusion_distillation import network as network_lib
-from diffusion_distillation.runs import checkpoints
-from diffusion_distillation.training import sharding as sharding_lib
+from diffusion_distillation.training import checkpoints
 from diffusion_distillation.utils import errors
 from diffusion_distillation.utils import files
+from diffusion_distillation.utils import sharding as sharding_lib
 
-TEACHER_CHECKPOINTS = 'teacher'
-GUIDE_CHECKPOINTS = 'guide'
-DISTILL_CHECKPOINTS = 'distill'
 MODELS = 'models'
-STAGE_ONE_MODELS = 'models_guide'
 SAMPLES = 'samples'
 EVAL = 'eval'
 CONFIG = 'config.json'
@@ -61,9 +58,9 @@ def missing_model(what: str, path: str, remedy: str) -> errors.InputError:
   return errors.InputError(_MISSING.format(what=what, path=path, remedy=remedy))
 
 
-def no_models(workdir: str, *, guided: bool = False) -> errors.InputError:
-  """The error of a mode that needs at least one saved model."""
-  then = 'then guide and distill' if guided else 'and distill'
+def no_models(workdir: str, *, then: str = 'and distill') -> errors.InputError:
+  """The error of a mode that needs at least one saved model; `then`: the
+  modes after train that make the others."""
   return errors.InputError(
       _NO_MODELS.format(path=os.path.join(workdir, MODELS), then=then)
   )
@@ -78,27 +75,13 @@ def missing_teacher(workdir: str) -> errors.InputError:
   )
 
 
-def missing_guided_teacher(workdir: str) -> errors.InputError:
-  return missing_model(
-      'guided teacher', os.path.join(workdir, MODELS, '0'), _RUN_TRAIN
-  )
-
-
-def missing_stage_one(workdir: str) -> errors.InputError:
-  return missing_model(
-      'stage-one model',
-      os.path.join(workdir, STAGE_ONE_MODELS, '0'),
-      'run --mode=guide first, or set --config.distill.teacher_checkpoint to '
-      'a w-conditioned model',
-  )
+def missing_trained_model(what: str, path: str) -> errors.InputError:
+  """A missing model that --mode=train makes."""
+  return missing_model(what, path, _RUN_TRAIN)
 
 
 def models_dir(workdir: str) -> str:
   return os.path.join(workdir, MODELS)
-
-
-def stage_one_dir(workdir: str) -> str:
-  return os.path.join(workdir, STAGE_ONE_MODELS)
 
 
 def samples_dir(workdir: str) -> str:
@@ -139,10 +122,6 @@ def saved_models(workdir: str, *, folder: str = MODELS) -> list:
   return steps
 
 
-def has_stage_one_model(workdir: str) -> bool:
-  return (files.as_path(stage_one_dir(workdir)) / '0').is_dir()
-
-
 def model_meta(
     workdir: str, num_sample_steps: int, *, folder: str = MODELS
 ) -> dict:
@@ -154,10 +133,6 @@ def model_meta(
   )['meta']
   mngr.close()
   return meta
-
-
-def stage_one_meta(workdir: str) -> dict:
-  return model_meta(workdir, 0, folder=STAGE_ONE_MODELS)
 
 
 def resolve_model_path(path: str, num_sample_steps: int = 0) -> tuple:
@@ -247,17 +222,34 @@ def check_param_shapes(found: Any, expected: Any, source: str):
 
 
 class Workdir:
-  """A run's workdir bound to its config and mesh: the models it holds,
-  loaded replicated on the mesh and checked against the config's network.
+  """A run's workdir bound to its config and mesh: its folders, and the
+  models it holds, loaded replicated on the mesh and checked against the
+  config's network.
 
-  A guided config has two networks: the teacher's (models/0, no
-  w-embedding) and its students' (everything else).
+  `path` is the workdir itself. A wing's subclass adds its own models
+  (the guided wing: guided/workdir.py).
   """
 
   def __init__(self, path: str, config: ml_collections.ConfigDict, mesh):
     self.path = path
     self._config = config
     self.replicated = sharding_lib.replicated(mesh)
+
+  @property
+  def models_dir(self) -> str:
+    return models_dir(self.path)
+
+  @property
+  def samples_dir(self) -> str:
+    return samples_dir(self.path)
+
+  @property
+  def eval_dir(self) -> str:
+    return eval_dir(self.path)
+
+  def checkpoints_dir(self, folder: str) -> str:
+    """Where a phase keeps its periodic checkpoints."""
+    return os.path.join(self.path, folder)
 
   def _shapes(self, guidance_embedding: bool | None):
     network = network_lib.build_network(
@@ -269,31 +261,20 @@ class Workdir:
 
   @functools.cached_property
   def abstract_params(self):
-    """The parameter shapes of the config's network (a guided config's
-    students'), replicated."""
+    """The parameter shapes of the config's network, replicated."""
     return self._shapes(None)
 
-  @functools.cached_property
+  @property
   def teacher_abstract_params(self):
     """The teacher's parameter shapes, replicated."""
-    if not network_lib.is_guided(self._config):
-      return self.abstract_params
-    return self._shapes(False)
-
-  def checkpoints_dir(self, folder: str) -> str:
-    """Where a phase keeps its periodic checkpoints."""
-    return os.path.join(self.path, folder)
+    return self.abstract_params
 
   def models(self) -> list:
     """Step counts of the saved models, ascending (0: the teacher)."""
     return saved_models(self.path)
 
-  def has_stage_one(self) -> bool:
-    return has_stage_one_model(self.path)
-
   def load(self, num_sample_steps: int, *, source: str = 'model'):
-    """The parameters of models/<num_sample_steps> (a student, or an
-    unguided config's teacher)."""
+    """The parameters of models/<num_sample_steps> (0: the teacher)."""
     if num_sample_steps == 0:
       return self.load_teacher()
     return self.load_from(
@@ -303,8 +284,8 @@ class Workdir:
   def load_from(
       self, path: str, *, num_sample_steps: int = 0, source: str = 'model'
   ) -> tuple:
-    """(params, meta) of a student-shaped model at `path` (a workdir or a
-    models/<N> directory, e.g. distill.teacher_checkpoint)."""
+    """(params, meta) of a model shaped as `abstract_params` at `path` (a
+    workdir or a models/<N> directory, e.g. distill.teacher_checkpoint)."""
     return load_model(
         path,
         self.abstract_params,
@@ -313,12 +294,18 @@ class Workdir:
         source=source,
     )
 
+  def missing_teacher(self) -> errors.InputError:
+    """The error of a phase that needs models/0 and finds none."""
+    return missing_teacher(self.path)
+
+  def no_models(self) -> errors.InputError:
+    """The error of a mode that needs a saved model and finds none."""
+    return no_models(self.path)
+
   def load_teacher(self):
-    """The teacher, models/0 (a guided config's has no w-embedding)."""
+    """The teacher, models/0."""
     if 0 not in self.models():
-      if network_lib.is_guided(self._config):
-        raise missing_guided_teacher(self.path)
-      raise missing_teacher(self.path)
+      raise self.missing_teacher()
     return load_model(
         self.path,
         self.teacher_abstract_params,
@@ -326,16 +313,5 @@ class Workdir:
         source='teacher',
     )[0]
 
-  def load_stage_one(self):
-    """The stage-one model of a guided config (w-conditioned)."""
-    if not self.has_stage_one():
-      raise missing_stage_one(self.path)
-    return self.load_from(
-        os.path.join(stage_one_dir(self.path), '0'), source='stage-one model'
-    )[0]
-
   def save_model(self, num_sample_steps: int, params, meta: dict):
     save_model(self.path, num_sample_steps, params, meta)
-
-  def save_stage_one(self, params, meta: dict):
-    save_model(self.path, 0, params, meta, folder=STAGE_ONE_MODELS)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from diffusion_distillation.runs import workdir
 from diffusion_distillation.training import steps
 
 
@@ -46,7 +45,8 @@ class Phase:
   Attributes:
     name: its --mode, config section and metric prefix.
     description: how logs name it.
-    checkpoints: the workdir folder of its periodic checkpoints.
+    checkpoints: the workdir folder of its periodic checkpoints (the phase
+      table names these folders; runs/workdir.py the others).
     rng_stream: the stream its steps draw from (a RngStream, or a wing's
       number from FIRST_WING_STREAM on).
     step: the pure step function (see steps.py).
@@ -96,7 +96,7 @@ class Phase:
 TEACHER = Phase(
     name='train',
     description='teacher training',
-    checkpoints=workdir.TEACHER_CHECKPOINTS,
+    checkpoints='teacher',
     rng_stream=RngStream.TRAIN,
     step=steps.train_step,
     has_teacher=False,
@@ -107,7 +107,7 @@ TEACHER = Phase(
 DISTILL = Phase(
     name='distill',
     description='distillation',
-    checkpoints=workdir.DISTILL_CHECKPOINTS,
+    checkpoints='distill',
     rng_stream=RngStream.DISTILL,
     step=steps.distill_step,
     has_teacher=True,

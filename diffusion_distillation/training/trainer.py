@@ -19,10 +19,10 @@ import optax
 
 from diffusion_distillation import network as network_lib
 from diffusion_distillation import unet
-from diffusion_distillation.training import phases as phases_lib
-from diffusion_distillation.training import sharding
+from diffusion_distillation.training import phases
 from diffusion_distillation.training import steps
 from diffusion_distillation.training import train_state as train_state_lib
+from diffusion_distillation.utils import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Trainer:
   """
 
   config: ml_collections.ConfigDict
-  phase: phases_lib.Phase
+  phase: phases.Phase
   mesh: jax.sharding.Mesh
   network: unet.UNet
   optimizer: optax.GradientTransformation
@@ -97,7 +97,7 @@ def default_substep_loop(backend: str) -> str:
 
 def build(
     config: ml_collections.ConfigDict,
-    phase: str | phases_lib.Phase,
+    phase: str | phases.Phase,
     mesh: jax.sharding.Mesh,
     *,
     substep_loop: str | None = None,
@@ -114,7 +114,7 @@ def build(
   decay field's value (a distillation round of its own length).
   """
   if isinstance(phase, str):
-    phase = phases_lib.get(phase)
+    phase = phases.get(phase)
   if substep_loop is None:
     substep_loop = default_substep_loop(mesh.devices.flat[0].platform)
   network = network_lib.build_network(
@@ -149,7 +149,7 @@ def build(
       donate_argnums=(0,),
   )
   rng = sharding.replicate(
-      phases_lib.stream_key(config.seed, phase.rng_stream), mesh
+      phases.stream_key(config.seed, phase.rng_stream), mesh
   )
   return Trainer(
       config=config,

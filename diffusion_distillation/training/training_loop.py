@@ -7,7 +7,7 @@ state; runs its updates, logging metrics and checking the state's health
 (health.py) before every save; saves periodically (by steps and by time)
 and once more at the end. A diverged state is never saved or returned. On
 SIGTERM or SIGINT it saves after the dispatch in flight and stops
-(preemption.py).
+(utils/preemption.py).
 
 The loop knows nothing of where batches come from or where metrics go: the
 caller passes them in, so that it serves the pipeline, tests and notebooks
@@ -22,10 +22,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from diffusion_distillation.runs import checkpoints
-from diffusion_distillation.runs import preemption
+from diffusion_distillation.training import checkpoints
 from diffusion_distillation.training import health
 from diffusion_distillation.training import phases
+from diffusion_distillation.utils import preemption
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,8 @@ import jax
 import ml_collections
 from absl import flags
 
-from diffusion_distillation.runs import preemption
 from diffusion_distillation.utils import errors
+from diffusion_distillation.utils import preemption
 from diffusion_distillation.utils import quiet
 
 EXIT_BAD_INPUT = 2

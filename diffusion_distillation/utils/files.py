@@ -11,7 +11,7 @@ import os
 
 from etils import epath
 
-from diffusion_distillation.runs import preemption
+from diffusion_distillation.utils import preemption
 
 
 def as_path(path) -> epath.Path:

@@ -1,6 +1,6 @@
 """Orbax checkpoints: a synchronous manager, save, and restore that falls
 back past a checkpoint that does not restore. What lives where in a workdir
-is workdir.py's.
+is runs/workdir.py's.
 """
 
 import gc
@@ -12,8 +12,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from diffusion_distillation.runs import preemption
 from diffusion_distillation.utils import files
+from diffusion_distillation.utils import preemption
 from diffusion_distillation.utils import quiet
 
 
@@ -37,7 +37,7 @@ def manager(directory: str, *, max_to_keep: int | None):
 
 def save(mngr: ocp.CheckpointManager, step: int, tree: Any, meta: dict):
   """Saves `tree` and a JSON `meta` at `step`; written atomically by orbax,
-  and finished even when SIGTERM or SIGINT comes (preemption.py)."""
+  and finished even when SIGTERM or SIGINT comes (utils/preemption.py)."""
   with preemption.shielded():
     mngr.save(
         step,
