@@ -82,8 +82,8 @@ def test_fashion_mnist_trains_distills_samples_and_scores(
       'teacher_ddim_4',
       'teacher_ddim_8',
       'teacher_ancestral_4',
-      'student_2',
       'student_1',
+      'student_2',
   ]
   for row in results['entries']:
     assert row['fd'] > 0 and 0 <= row['precision'] <= 1
