@@ -5,7 +5,7 @@ Every value follows Google's released `cifar_base.py` / `cifar_distill.py`
 and distill it 8192 -> 4096 -> ... -> 1 sampling steps (13 rounds of 50,000
 optimizer steps) in one workdir; re-running a command resumes it:
 
-  tfds build cifar10 --data_dir=gs://BUCKET/tensorflow_datasets
+  python -m diffusion_distillation.data.prepare cifar10 --data_dir=gs://BUCKET/tensorflow_datasets
   python -m diffusion_distillation.main --config=configs/cifar10.py \
       --workdir=gs://BUCKET/cifar10 --mode=all \
       --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets

@@ -8,7 +8,8 @@ a directory and prepare it once; then train the teacher and distill it
 1024 -> 512 -> ... -> 1 sampling steps (10 rounds of 50,000 optimizer
 steps); re-running a command resumes it:
 
-  tfds build imagenet2012 --data_dir=gs://BUCKET/tensorflow_datasets \
+  python -m diffusion_distillation.data.prepare imagenet2012 \
+      --data_dir=gs://BUCKET/tensorflow_datasets \
       --manual_dir=/path/to/imagenet_tars
   python -m diffusion_distillation.main --config=configs/imagenet64.py \
       --workdir=gs://BUCKET/imagenet64 --mode=all \
@@ -43,7 +44,7 @@ def get_config():
       image_size=64,  # central square crop, then area resize to this
       channels=3,
       data_dir='',  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-      manual_dir='',  # where the ImageNet tar files are (for `tfds build`)
+      manual_dir='',  # the ImageNet tar files' folder, to prepare the data
       shuffle_buffer=50_000,  # examples; the release's
   )
   config.model.update(

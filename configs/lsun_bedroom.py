@@ -8,7 +8,7 @@ paper trains ImageNet 64 and LSUN with one recipe (optimizer, batch 2048,
 data once (tfds downloads it), then train the teacher and distill it;
 re-running a command resumes it:
 
-  tfds build lsun/bedroom --data_dir=gs://BUCKET/tensorflow_datasets
+  python -m diffusion_distillation.data.prepare lsun/bedroom --data_dir=gs://BUCKET/tensorflow_datasets
   python -m diffusion_distillation.main --config=configs/lsun_bedroom.py \
       --workdir=gs://BUCKET/lsun_bedroom --mode=all \
       --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets

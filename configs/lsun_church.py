@@ -5,7 +5,7 @@ the bedroom ones only in the data, so this config is `configs/lsun_bedroom.py`
 on `lsun/church_outdoor` (126,227 images). Prepare the data once, then train
 and distill 1024 -> 1 steps; re-running a command resumes it:
 
-  tfds build lsun/church_outdoor --data_dir=gs://BUCKET/tensorflow_datasets
+  python -m diffusion_distillation.data.prepare lsun/church_outdoor --data_dir=gs://BUCKET/tensorflow_datasets
   python -m diffusion_distillation.main --config=configs/lsun_church.py \
       --workdir=gs://BUCKET/lsun_church --mode=all \
       --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
