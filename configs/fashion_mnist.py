@@ -66,8 +66,8 @@ def get_config():
       # 2,800 x 64 = 3 epochs: 45 minutes at 66 images/s.
       num_steps=2800,
       batch_size=64,
-      # On CPU the substeps are traced one after another (see training/steps.py) and
-      # a dispatch costs little, so 1 compiles fastest.
+      # On CPU the substeps are traced one after another (see
+      # training/steps.py) and a dispatch costs little, so 1 compiles fastest.
       substeps=1,
       learning_rate=2e-3,  # the digits teacher's; Adam, clipped at norm 1
       warmup_steps=200,
