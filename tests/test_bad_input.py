@@ -1,5 +1,6 @@
-"""Bad input the second round of hostile use found: each is refused in one
-line (`error: ...`, exit status 2) before anything is written."""
+"""Bad input (runs/config_checks.py, the workdir, the commands' flags and
+arguments): each is refused in one line (`error: ...`, exit status 2)
+before anything is written."""
 
 import errno
 import math
@@ -17,10 +18,12 @@ from diffusion_distillation.guided import pipeline as guided_pipeline
 from diffusion_distillation.runs import workdir_lock
 from diffusion_distillation.utils import cli
 from diffusion_distillation.utils import errors
-from tests.conftest import HANG_SECS
-from tests.conftest import REPO
-from tests.conftest import tiny_config
-from tests.conftest import with_overrides
+from tests.helpers import HANG_SECS
+from tests.helpers import REPO
+from tests.helpers import TEST_CONFIG
+from tests.helpers import run_python
+from tests.helpers import tiny_config
+from tests.helpers import with_overrides
 
 _LONG_NAME = 'a' * 300  # file systems allow 255 bytes per name
 
@@ -205,3 +208,75 @@ def test_the_commands_say_only_one_line(tmp_path, command, message):
   assert line.startswith('error: ') and message in line
   assert sorted(os.listdir(tmp_path)) == ['a_file', 'cwd']
   assert os.listdir(cwd) == []
+
+
+@pytest.mark.parametrize(
+    'overrides,mode,message',
+    [
+        ({'train.batch_size': 0}, 'train', 'train.batch_size=0: a batch needs'),
+        ({'train.batch_size': -8}, 'train', 'train.batch_size=-8'),
+        ({'checkpoint.max_to_keep': 0}, 'train', 'keep at least 1'),
+        ({'checkpoint.max_to_keep': -1}, 'train', 'max_to_keep=-1'),
+        ({'train.max_skipped_fraction': 1.5}, 'train', r'in \[0, 1\)'),
+        ({}, 'sample', 'No models in'),
+        ({}, 'eval', 'No models in'),
+        ({}, 'distill', 'Missing teacher checkpoint'),
+    ],
+)
+def test_bad_input_writes_nothing(tmp_path, overrides, mode, message):
+  workdir = str(tmp_path / 'w')
+  with pytest.raises(errors.InputError, match=message):
+    pipeline.run_mode(tiny_config(**overrides), workdir, mode)
+  assert not os.path.exists(workdir)
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / 'a_file'
+  path.write_text('mine')
+  with pytest.raises(errors.InputError, match='is a file'):
+    pipeline.run_mode(tiny_config(), str(path), 'train')
+  assert path.read_text() == 'mine'
+
+
+def test_unprepared_tfds_data_writes_nothing(tmp_path):
+  config = cifar10.get_config()
+  config.dataset.data_dir = str(tmp_path / 'empty')
+  workdir = str(tmp_path / 'w')
+  with pytest.raises(errors.InputError, match='data.prepare cifar10'):
+    pipeline.run_mode(config, workdir, 'train')
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'flags,message',
+    [
+        (
+            ['--config=configs/nope.py'],
+            '--config=configs/nope.py: no such file',
+        ),
+        (['--config={syntax}'], 'line 1: invalid syntax'),
+        (
+            [f'--config={TEST_CONFIG}', '--config.train.bogus=1'],
+            "--config.train.bogus: train has no field 'bogus'",
+        ),
+        ([f'--config={TEST_CONFIG}', '--mode=fly'], "Unknown --mode='fly'"),
+    ],
+)
+def test_command_line_input_errors_are_one_line_with_status_2(
+    tmp_path, flags, message
+):
+  syntax = tmp_path / 'syntax.py'
+  syntax.write_text('def get_config(:\n')
+  flags = [f.format(syntax=syntax) for f in flags]
+  workdir = tmp_path / 'w'
+  result = run_python(
+      ['-m', 'diffusion_distillation.main', f'--workdir={workdir}'] + flags
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors_printed = [
+      line for line in result.stderr.splitlines() if line.startswith('error')
+  ]
+  assert len(errors_printed) == 1 and message in errors_printed[0]
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 pytestmark = pytest.mark.slow  # minutes on 2 CPU cores
 

@@ -9,8 +9,8 @@ import pytest
 
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.utils import errors
-from tests.conftest import REPO
-from tests.conftest import tiny_config
+from tests.helpers import REPO
+from tests.helpers import tiny_config
 
 CONFIG_NAMES = sorted(
     name[:-3]

@@ -11,8 +11,8 @@ import pytest
 from diffusion_distillation import diffusion
 from diffusion_distillation import schedules
 from diffusion_distillation import unet
-from tests.conftest import float64
-from tests.conftest import randomize_params
+from tests.helpers import float64
+from tests.helpers import randomize_params
 
 INF = float('inf')
 LOGSNRS = np.linspace(-20.0, 20.0, 41)

@@ -25,8 +25,8 @@ from diffusion_distillation.evaluation import scorers as scorers_lib
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import errors
-from tests.conftest import randomize_params
-from tests.conftest import tiny_config
+from tests.helpers import randomize_params
+from tests.helpers import tiny_config
 
 
 def test_classifier_training_is_deterministic():

@@ -16,9 +16,9 @@ import pytest
 
 from benchmarks import quality_vs_steps
 from configs import fashion_mnist
-from tests.conftest import REPO
-from tests.conftest import needs_debian_fashion_mnist
-from tests.conftest import run_python
+from tests.helpers import REPO
+from tests.helpers import needs_debian_fashion_mnist
+from tests.helpers import run_python
 
 pytestmark = [pytest.mark.slow, needs_debian_fashion_mnist]
 

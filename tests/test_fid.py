@@ -16,7 +16,7 @@ from diffusion_distillation.evaluation import fid as fid_lib
 from diffusion_distillation.evaluation import inception
 from diffusion_distillation.evaluation import metrics
 from diffusion_distillation.utils import errors
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 
 @pytest.fixture(scope='module')

@@ -13,8 +13,8 @@ from diffusion_distillation import unet
 from diffusion_distillation.guided import config_checks
 from diffusion_distillation.guided import guidance
 from diffusion_distillation.utils import errors
-from tests.conftest import float64
-from tests.conftest import randomize_params
+from tests.helpers import float64
+from tests.helpers import randomize_params
 from tests.test_diffusion import SCHEDULE
 from tests.test_diffusion import _gaussian_denoiser
 from tests.test_diffusion import _random_xz

@@ -20,12 +20,12 @@ from diffusion_distillation.runs import run_config
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.training import health
 from diffusion_distillation.utils import errors
-from tests.conftest import REPO
-from tests.conftest import assert_trees_close
-from tests.conftest import kill_main_when_saved
-from tests.conftest import run_python
-from tests.conftest import tiny_config
-from tests.conftest import with_overrides
+from tests.helpers import REPO
+from tests.helpers import assert_trees_close
+from tests.helpers import kill_main_when_saved
+from tests.helpers import run_python
+from tests.helpers import tiny_config
+from tests.helpers import with_overrides
 from tests.test_pipeline import run_logging_compiles
 
 GUIDED_CONFIG = os.path.join(REPO, 'configs', 'test_guided.py')

@@ -14,8 +14,8 @@ import tensorflow as tf
 from diffusion_distillation.evaluation import inception
 from diffusion_distillation.evaluation import inception_net
 from diffusion_distillation.utils import errors
-from tests.conftest import TWO_CPU_DEVICES
-from tests.conftest import run_python
+from tests.helpers import TWO_CPU_DEVICES
+from tests.helpers import run_python
 
 
 @pytest.fixture(scope='module')

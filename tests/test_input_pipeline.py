@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from diffusion_distillation.data import input_pipeline
 from diffusion_distillation.runs import config_checks
 from diffusion_distillation.utils import errors
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 # name -> (image_size, number of classes (0 = no labels), channels)
 DATASETS = {

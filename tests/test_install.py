@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 pytestmark = pytest.mark.slow  # asks the package index, about a minute each
 

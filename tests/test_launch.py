@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from tests.conftest import HANG_SECS
-from tests.conftest import REPO
+from tests.helpers import HANG_SECS
+from tests.helpers import REPO
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, 'launch', '*.sh')))
 TPU = os.path.join(REPO, 'launch', 'tpu_vm.sh')

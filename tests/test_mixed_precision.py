@@ -11,8 +11,8 @@ from diffusion_distillation import sampling
 from diffusion_distillation.data import datasets
 from diffusion_distillation.training import trainer as trainer_lib
 from diffusion_distillation.utils import sharding
-from tests.conftest import randomize_params
-from tests.conftest import tiny_config
+from tests.helpers import randomize_params
+from tests.helpers import tiny_config
 
 # bfloat16 keeps 8 significant bits: each rounding of an input or output
 # errs by up to 2^-9 = 0.2 %. The tiny U-Net chains about 15 convolutions

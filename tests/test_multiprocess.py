@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from diffusion_distillation.runs import workdir as workdir_lib
-from tests.conftest import HANG_SECS
-from tests.conftest import REPO
-from tests.conftest import TEST_CONFIG
-from tests.conftest import TWO_CPU_DEVICES
-from tests.conftest import assert_trees_close
-from tests.conftest import saved_params
-from tests.conftest import tiny_config
+from tests.helpers import HANG_SECS
+from tests.helpers import REPO
+from tests.helpers import TEST_CONFIG
+from tests.helpers import TWO_CPU_DEVICES
+from tests.helpers import assert_trees_close
+from tests.helpers import saved_params
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow  # minutes on 2 CPU cores
 

@@ -7,8 +7,8 @@ import nbclient
 import nbformat
 import pytest
 
-from tests.conftest import HANG_SECS
-from tests.conftest import REPO
+from tests.helpers import HANG_SECS
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow  # minutes on 2 CPU cores
 

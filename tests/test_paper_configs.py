@@ -15,9 +15,9 @@ from diffusion_distillation import network as network_lib
 from diffusion_distillation import pipeline
 from diffusion_distillation.data import input_pipeline
 from diffusion_distillation.runs import workdir as workdir_lib
-from tests.conftest import TEST_CONFIG
-from tests.conftest import run_python
-from tests.conftest import tiny_config
+from tests.helpers import TEST_CONFIG
+from tests.helpers import run_python
+from tests.helpers import tiny_config
 
 
 def _config(name):

@@ -16,13 +16,13 @@ from diffusion_distillation.runs import config_checks
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.training import phases
 from diffusion_distillation.utils import errors
-from tests.conftest import TEST_CONFIG
-from tests.conftest import TWO_CPU_DEVICES
-from tests.conftest import assert_trees_close
-from tests.conftest import kill_main_when_saved
-from tests.conftest import run_python
-from tests.conftest import saved_params
-from tests.conftest import tiny_config
+from tests.helpers import TEST_CONFIG
+from tests.helpers import TWO_CPU_DEVICES
+from tests.helpers import assert_trees_close
+from tests.helpers import kill_main_when_saved
+from tests.helpers import run_python
+from tests.helpers import saved_params
+from tests.helpers import tiny_config
 
 
 def run_logging_compiles(config, workdir, mode, run_mode=pipeline.run_mode):
@@ -230,7 +230,7 @@ import jax, numpy as np
 from diffusion_distillation import pipeline
 from diffusion_distillation.training import trainer as trainer_lib
 from diffusion_distillation.utils import sharding
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 # One substep compiles twice as fast.
 config = tiny_config(**{'train.substeps': 1, 'distill.substeps': 1})
@@ -448,3 +448,18 @@ def test_quality_benchmark_smoke_reuses_a_trained_workdir(
   assert len(summary['eval']['entries']) == 5
   for suffix in ('png', 'md'):
     assert (tmp_path / f'quality_vs_steps_smoke.{suffix}').stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_round_killed_after_its_model_still_gets_its_grid(tmp_path):
+  workdir = str(tmp_path / 'w')
+  config = tiny_config(**{'train.substeps': 1, 'distill.substeps': 1})
+  pipeline.run_mode(config, workdir, 'train')
+  pipeline.run_mode(config, workdir, 'distill')
+  samples = os.path.join(workdir, 'samples')
+  for grid in ('grid_teacher_4.png', 'grid_2.png', 'grid_1.png'):
+    os.remove(os.path.join(samples, grid))
+  pipeline.run_mode(config, workdir, 'train')
+  pipeline.run_mode(config, workdir, 'distill')
+  for grid in ('grid_teacher_4.png', 'grid_2.png', 'grid_1.png'):
+    assert os.path.getsize(os.path.join(samples, grid)) > 0

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from diffusion_distillation.data import input_pipeline
 from diffusion_distillation.data import prepare
 from diffusion_distillation.utils import errors
-from tests.conftest import needs_debian_fashion_mnist
+from tests.helpers import needs_debian_fashion_mnist
 
 
 def _debian_style_gzip(path, content: bytes, mtime=1591315181):

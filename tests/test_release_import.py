@@ -13,10 +13,10 @@ from diffusion_distillation import pipeline
 from diffusion_distillation import release_import
 from diffusion_distillation.runs import workdir as workdir_lib
 from diffusion_distillation.utils import errors
-from tests.conftest import TEST_CONFIG
-from tests.conftest import randomize_params
-from tests.conftest import run_python
-from tests.conftest import tiny_config
+from tests.helpers import TEST_CONFIG
+from tests.helpers import randomize_params
+from tests.helpers import run_python
+from tests.helpers import tiny_config
 
 
 def _random_params(config, seed):

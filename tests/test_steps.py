@@ -10,8 +10,8 @@ import pytest
 from diffusion_distillation.data import datasets
 from diffusion_distillation.training import trainer as trainer_lib
 from diffusion_distillation.utils import sharding
-from tests.conftest import assert_trees_close
-from tests.conftest import tiny_config
+from tests.helpers import assert_trees_close
+from tests.helpers import tiny_config
 
 _SUBSTEPS = 3
 

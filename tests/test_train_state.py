@@ -9,7 +9,7 @@ from diffusion_distillation import network as network_lib
 from diffusion_distillation.training import train_state as train_state_lib
 from diffusion_distillation.training import trainer as trainer_lib
 from diffusion_distillation.utils import sharding
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_warmup_then_constant():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from diffusion_distillation import unet
-from tests.conftest import float64
-from tests.conftest import randomize_params
+from tests.helpers import float64
+from tests.helpers import randomize_params
 
 # The release's unet.py and configs; out_ch: 3 for mean_type 'x', 6 for 'both'.
 PAPER_ARCHITECTURES = {
